@@ -1,0 +1,7 @@
+"""``python -m ctran`` (also what ``torchrun ... -m ctran`` runs)."""
+
+import sys
+
+from ctran.cli import main
+
+sys.exit(main())

@@ -1,0 +1,221 @@
+"""The one metrics module for multi-label classification: mAP and the C-Tran precision/recall/F1 family.
+
+Conventions
+-----------
+* ``scores`` is ``(N, L)``: N images, L labels, higher = more positive (probabilities for thresholding).
+* ``targets`` is ``(N, L)`` in ``{-1, 0, 1}`` (see :mod:`ctran.states`): ``1`` positive, ``0`` negative,
+  ``-1`` ground truth unknown.
+* ``mask`` is an optional ``(N, L)`` bool, True = this entry is scored. An entry is *scored* iff
+  ``targets != -1`` and (``mask is None`` or ``mask``). Partial-label evaluation passes a mask that is False
+  on the labels revealed to the model: those are given, not predicted, so scoring them would inflate every
+  metric. Unknown ground truth (``-1``) cannot be right or wrong, so it is never scored either.
+* Unscored entries are invisible: they are neither predicted nor true, never enter a ranking, and changing
+  their score or target changes no metric.
+* Inputs may be numpy arrays or torch tensors (any device); everything is computed in float64, vectorised
+  over images and labels (COCO's 40,000 x 80 takes about 0.3 s on two CPU cores).
+
+Average precision
+-----------------
+Per-label AP is the *non-interpolated* AP of scikit-learn's ``average_precision_score``:
+``AP = sum_n (R_n - R_{n-1}) P_n`` over distinct score thresholds, computed on the scored entries of that
+label only. Tied scores form one threshold, so every positive in a tie group gets the precision at the end of
+the group (no optimistic ordering inside ties). A label with no scored positive has undefined AP (NaN) and is
+left out of the mAP, which is the mean over the remaining labels, in percent.
+
+Threshold and top-k metrics (C-Tran convention)
+-----------------------------------------------
+* Threshold predictions: ``score >= threshold``.
+* Top-k predictions: per image, the k highest-scoring *scored* entries (ties broken by lower label index),
+  which must also pass ``score >= threshold``, as in the C-Tran paper's code.
+* ``CP``/``CR`` are per-class precision/recall averaged over all L labels, with 0 for a label with no
+  predicted (resp. true) positives, i.e. scikit-learn's macro average with ``zero_division=0``.
+* ``CF1 = 2 CP CR / (CP + CR)``: the F1 of the averaged precision and recall (the C-Tran/ML-GCN convention),
+  *not* the mean of per-class F1s; 0 when both are 0.
+* ``OP``/``OR``/``OF1`` are overall (micro) precision/recall/F1 over all scored entries.
+All of these are reported in percent (0-100).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ctran.states import POSITIVE, UNKNOWN
+
+__all__ = ["METRIC_KEYS", "average_precision", "mean_average_precision", "multilabel_metrics"]
+
+METRIC_KEYS: tuple[str, ...] = (
+    "mAP",
+    "CP",
+    "CR",
+    "CF1",
+    "OP",
+    "OR",
+    "OF1",
+    "CP_top3",
+    "CR_top3",
+    "CF1_top3",
+    "OP_top3",
+    "OR_top3",
+    "OF1_top3",
+)
+"""The 13 metric names of :func:`multilabel_metrics` with the default ``top_k=3``, in report-table order."""
+
+ArrayLike = np.ndarray | torch.Tensor
+
+
+def _prepare(
+    scores: ArrayLike, targets: ArrayLike, mask: ArrayLike | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Validate inputs once and reduce them to (float64 scores, bool positives, bool scored), all (N, L).
+
+    Every public function goes through here so that "what is scored" has exactly one definition.
+    """
+    s = torch.as_tensor(scores)
+    t = torch.as_tensor(targets, device=s.device)
+    if s.dim() != 2:
+        raise ValueError(f"scores must have shape (N, L), got {tuple(s.shape)}")
+    if t.shape != s.shape:
+        raise ValueError(f"targets must have the shape of scores {tuple(s.shape)}, got {tuple(t.shape)}")
+    s = s.to(torch.float64)
+    if t.numel() and not ((t == UNKNOWN) | (t == 0) | (t == POSITIVE)).all():
+        raise ValueError("targets must be -1 (unknown), 0 (negative) or 1 (positive)")
+    scored = t != UNKNOWN  # (N, L) bool
+    if mask is not None:
+        m = torch.as_tensor(mask, device=s.device)
+        if m.shape != s.shape:
+            raise ValueError(f"mask must have the shape of scores {tuple(s.shape)}, got {tuple(m.shape)}")
+        scored = scored & m.to(torch.bool)
+    # As in scikit-learn, a NaN/inf score has no place in a ranking; unscored entries may hold anything.
+    if not torch.isfinite(s[scored]).all():
+        raise ValueError("scores of scored entries must be finite")
+    positive = scored & (t == POSITIVE)  # (N, L) bool
+    return s, positive, scored
+
+
+def _average_precision(s: torch.Tensor, positive: torch.Tensor, scored: torch.Tensor) -> torch.Tensor:
+    """Exact sklearn AP for every column at once, from prepared (N, L) tensors; returns (L,) float64.
+
+    Unscored entries become (score=-inf, y=0): they sort after every real entry, in a tie group of their own,
+    and since they are not positive they add nothing to the sum. Work is done in (L, N) layout so that sorts
+    and cumulative sums run along contiguous memory.
+    """
+    n = s.shape[0]
+    s_lt = torch.where(scored, s, -torch.inf).T.contiguous()  # (L, N)
+    y_lt = positive.T.to(torch.float64)  # (L, N)
+    s_sorted, order = torch.sort(s_lt, dim=1, descending=True)  # (L, N)
+    y_sorted = y_lt.gather(1, order)  # (L, N)
+    tp = y_sorted.cumsum(dim=1)  # (L, N) true positives among the top i+1
+
+    # Last index of each tie group: sklearn evaluates precision only at distinct thresholds.
+    is_end = torch.ones_like(s_sorted, dtype=torch.bool)  # (L, N)
+    is_end[:, :-1] = s_sorted[:, 1:] != s_sorted[:, :-1]
+    idx = torch.arange(n, device=s.device).expand_as(s_sorted)  # (L, N)
+    # For each position, the first group end at or after it: a reverse running minimum.
+    end = torch.where(is_end, idx, n).flip(1).cummin(dim=1).values.flip(1)  # (L, N)
+    precision_at = tp.gather(1, end) / (end + 1).to(torch.float64)  # (L, N)
+
+    npos = y_sorted.sum(dim=1)  # (L,)
+    ap = (y_sorted * precision_at).sum(dim=1) / npos  # (L,)
+    return torch.where(npos > 0, ap, torch.nan)
+
+
+def average_precision(scores: ArrayLike, targets: ArrayLike, mask: ArrayLike | None = None) -> torch.Tensor:
+    """Per-label AP, (L,) float64; NaN for labels with no (scored) positive.
+
+    Equals ``sklearn.metrics.average_precision_score`` per label on that label's scored entries (ties
+    included), as a fraction in [0, 1]. NaN rather than 0 for labels without positives, so that callers
+    cannot silently average an undefined value into the mAP.
+    """
+    return _average_precision(*_prepare(scores, targets, mask)).cpu()
+
+
+def _nanmean_percent(ap: torch.Tensor) -> float:
+    """Mean of the defined APs in percent; NaN if no label has a scored positive (nothing to average)."""
+    defined = ~torch.isnan(ap)
+    if not defined.any():
+        return float("nan")
+    return float(ap[defined].mean()) * 100.0
+
+
+def mean_average_precision(scores: ArrayLike, targets: ArrayLike, mask: ArrayLike | None = None) -> float:
+    """Mean over labels with at least one scored positive, in percent.
+
+    Returns NaN when no label has a scored positive.
+    """
+    return _nanmean_percent(average_precision(scores, targets, mask))
+
+
+def _top_k_mask(s: torch.Tensor, scored: torch.Tensor, k: int) -> torch.Tensor:
+    """(N, L) bool: per image, the k highest-scoring scored entries, ties broken by lower label index.
+
+    A stable descending sort keeps equal scores in label order, which makes the choice deterministic and
+    equal to ``np.argsort(-s, kind="stable")[:, :k]``. Images with fewer than k scored entries pick only
+    those (the -inf fillers are removed again by ``& scored``).
+    """
+    k = max(0, min(k, s.shape[1]))
+    s_eff = torch.where(scored, s, -torch.inf)  # (N, L)
+    order = torch.sort(s_eff, dim=1, descending=True, stable=True).indices[:, :k]  # (N, k)
+    top = torch.zeros_like(scored)  # (N, L) bool
+    top.scatter_(1, order, True)
+    return top & scored
+
+
+def _ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
+    """num / den with 0 where den == 0 (scikit-learn's ``zero_division=0``)."""
+    return torch.where(den > 0, num / den.clamp(min=1), torch.zeros_like(num))
+
+
+def _f1(p: float, r: float) -> float:
+    """Harmonic mean, 0 when both are 0 (nothing predicted and nothing found)."""
+    return 2.0 * p * r / (p + r) if p + r > 0 else 0.0
+
+
+def _prf(pred: torch.Tensor, positive: torch.Tensor, suffix: str) -> dict[str, float]:
+    """Per-class (C*) and overall (O*) precision/recall/F1 in percent from (N, L) bool matrices.
+
+    ``pred`` and ``positive`` must already be False on unscored entries, which makes those entries count
+    as neither predicted nor true.
+    """
+    tp_l = (pred & positive).sum(dim=0).to(torch.float64)  # (L,)
+    pred_l = pred.sum(dim=0).to(torch.float64)  # (L,)
+    pos_l = positive.sum(dim=0).to(torch.float64)  # (L,)
+    cp = float(_ratio(tp_l, pred_l).mean()) * 100.0 if tp_l.numel() else 0.0
+    cr = float(_ratio(tp_l, pos_l).mean()) * 100.0 if tp_l.numel() else 0.0
+    tp, n_pred, n_pos = tp_l.sum(), pred_l.sum(), pos_l.sum()
+    op = float(_ratio(tp, n_pred)) * 100.0
+    o_r = float(_ratio(tp, n_pos)) * 100.0
+    return {
+        f"CP{suffix}": cp,
+        f"CR{suffix}": cr,
+        f"CF1{suffix}": _f1(cp, cr),
+        f"OP{suffix}": op,
+        f"OR{suffix}": o_r,
+        f"OF1{suffix}": _f1(op, o_r),
+    }
+
+
+def multilabel_metrics(
+    scores: ArrayLike,
+    targets: ArrayLike,
+    mask: ArrayLike | None = None,
+    threshold: float = 0.5,
+    top_k: int = 3,
+) -> dict[str, float]:
+    """All report metrics in percent: mAP, CP/CR/CF1/OP/OR/OF1 at ``threshold`` and their ``_top{k}`` forms.
+
+    Also returns ``n_images`` (images with at least one scored entry) and ``n_labels_scored`` (labels with
+    at least one scored positive, i.e. those entering the mAP), so a report can say what was averaged over.
+    Key order follows :data:`METRIC_KEYS` (with ``top_k`` in the names), then the two counts.
+    """
+    s, positive, scored = _prepare(scores, targets, mask)
+    ap = _average_precision(s, positive, scored)  # (L,)
+    above = scored & (s >= threshold)  # (N, L) threshold predictions
+    top = _top_k_mask(s, scored, top_k) & above  # (N, L) top-k predictions, also above threshold
+
+    out: dict[str, float] = {"mAP": _nanmean_percent(ap)}
+    out.update(_prf(above, positive, ""))
+    out.update(_prf(top, positive, f"_top{top_k}"))
+    out["n_images"] = int(scored.any(dim=1).sum())
+    out["n_labels_scored"] = int((~torch.isnan(ap)).sum())
+    return out

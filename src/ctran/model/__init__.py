@@ -1,0 +1,61 @@
+"""Models: ``build_model`` makes C-Tran, ``build_baseline`` the pooled-CNN baseline, from plain options.
+
+The options are plain JSON-able values so a checkpoint can store them and rebuild the same module.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from ctran.model.backbone import build_backbone
+from ctran.model.baseline import PooledLinear
+from ctran.model.ctran import CTran, Output
+
+__all__ = ["CTran", "Output", "PooledLinear", "build_baseline", "build_from_config", "build_model"]
+
+
+def build_model(
+    num_labels: int,
+    backbone: str = "resnet101",
+    layers: int = 3,
+    heads: int = 4,
+    pretrained: bool = False,
+    dim: int = 2048,
+    ffn_dim: int | None = None,
+    dropout: float = 0.1,
+    position_encoding: bool = False,
+    backbone_weights: str | Path | None = None,
+) -> CTran:
+    """C-Tran with the paper's defaults: ResNet-101, D = 2048, 3 layers, 4 heads, FFN width D, dropout 0.1."""
+    if num_labels < 1:
+        raise ValueError(f"num_labels must be positive, got {num_labels}")
+    return CTran(
+        build_backbone(backbone, pretrained, backbone_weights),
+        num_labels,
+        dim=dim,
+        layers=layers,
+        heads=heads,
+        ffn_dim=ffn_dim,
+        dropout=dropout,
+        position_encoding=position_encoding,
+    )
+
+
+def build_baseline(num_labels: int, backbone: str = "resnet101", pretrained: bool = False) -> PooledLinear:
+    """The pooled-CNN baseline on the same backbone."""
+    return PooledLinear(build_backbone(backbone, pretrained), num_labels)
+
+
+def build_from_config(config: dict) -> nn.Module:
+    """Rebuild a model from the ``{"kind": "ctran"|"baseline", **options}`` dict stored in checkpoints."""
+    options = dict(config)
+    kind = options.pop("kind", "ctran")
+    options.pop("pretrained", None)  # weights come from the checkpoint, never from a download
+    options.pop("backbone_weights", None)
+    if kind == "ctran":
+        return build_model(**options)
+    if kind == "baseline":
+        return build_baseline(**options)
+    raise ValueError(f"unknown model kind {kind!r} (expected 'ctran' or 'baseline')")

@@ -1,0 +1,111 @@
+"""Backbones: anything that turns normalised images (B, 3, H, W) into a feature map (B, C, h, w).
+
+Two kinds share this interface (a ``num_channels`` attribute and ``forward(images) -> (B, C, h, w)``):
+- ``TimmBackbone`` wraps any timm model by name (the paper's ``resnet101``: 2048 x 18 x 18 at 576 x 576);
+  transformer backbones (ViT, Swin) have their tokens laid back on their patch grid;
+- ``SmallCNN`` (name ``small_cnn``), a light conv net sized for the bundled 48 x 48 digit scenes
+  (a 6 x 6 grid of tokens, one 2 x 2 block per scene cell).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ctran.errors import CTranError
+
+
+def _conv_bn_relu(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    conv = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+    return nn.Sequential(conv, nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class SmallCNN(nn.Module):
+    """A stride-2 stem, then two conv stages with max-pooling: output stride 8 (48 x 48 -> 6 x 6).
+
+    Scene digits are 8 x 8 originals upsampled to 16 x 16, so the stride-2 stem loses no detail and makes
+    training about 5x cheaper than full-resolution convolutions.
+    """
+
+    def __init__(self, widths: tuple[int, int, int] = (32, 64, 128)) -> None:
+        super().__init__()
+        w1, w2, w3 = widths
+        self.body = nn.Sequential(
+            _conv_bn_relu(3, w1, stride=2),  # (B, w1, H/2, W/2)
+            _conv_bn_relu(w1, w1),
+            nn.MaxPool2d(2),  # (B, w1, H/4, W/4)
+            _conv_bn_relu(w1, w2),
+            _conv_bn_relu(w2, w2),
+            nn.MaxPool2d(2),  # (B, w2, H/8, W/8)
+            _conv_bn_relu(w2, w3),
+        )
+        self.num_channels = w3
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, C, H/8, W/8)."""
+        return self.body(images)
+
+
+class TimmBackbone(nn.Module):
+    """A timm model without its pooling and classifier, returning its last feature map."""
+
+    def __init__(self, name: str, pretrained: bool = False, weights_file: str | Path | None = None) -> None:
+        super().__init__()
+        self.body = _create_timm_model(name, pretrained, weights_file)
+        self.num_channels = self.body.num_features
+        self.output_fmt = getattr(self.body, "output_fmt", "NCHW")
+        self.num_prefix_tokens = getattr(self.body, "num_prefix_tokens", 0)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, C, h, w) whatever layout the timm model uses internally."""
+        features = self.body.forward_features(images)
+        if features.dim() == 3:  # ViT-style tokens (B, prefix + h*w, C)
+            tokens = features[:, self.num_prefix_tokens :]
+            h, w = self.body.patch_embed.dynamic_feat_size(images.shape[-2:])
+            return tokens.transpose(1, 2).reshape(tokens.shape[0], -1, h, w)
+        if self.output_fmt == "NHWC":  # Swin-style (B, h, w, C)
+            return features.permute(0, 3, 1, 2)
+        return features
+
+
+def _create_timm_model(name: str, pretrained: bool, weights_file: str | Path | None) -> nn.Module:
+    """Build a headless timm model, with weights from timm's hub loading or from a local file."""
+    import timm
+
+    if not timm.is_model(name):
+        close = timm.list_models(f"*{name.split('_')[0]}*")[:8]
+        raise CTranError(f"unknown backbone {name!r}; similar timm models: {', '.join(close) or 'none'}")
+    options: dict = {"num_classes": 0, "global_pool": ""}
+    if weights_file is not None:
+        path = Path(weights_file)
+        if not path.is_file():
+            raise CTranError(
+                f"backbone weights file not found: {path} (expected a .pth or .safetensors state dict)"
+            )
+        options["pretrained_cfg_overlay"] = {"file": str(path)}
+        pretrained = True
+    try:
+        return timm.create_model(name, pretrained=pretrained, **options)
+    except (OSError, RuntimeError, ValueError) as err:
+        if weights_file is not None:
+            raise CTranError(
+                f"could not load backbone weights from {weights_file} into {name}: {err}"
+            ) from err
+        raise CTranError(
+            f"could not fetch pretrained weights for {name!r} ({type(err).__name__}: {err}). On a machine "
+            "without internet, pass a local .pth/.safetensors file as the backbone weights file, "
+            "or build the model with pretrained=False"
+        ) from err
+
+
+def build_backbone(
+    name: str, pretrained: bool = False, weights_file: str | Path | None = None
+) -> SmallCNN | TimmBackbone:
+    """``small_cnn`` or any timm model name."""
+    if name == "small_cnn":
+        if pretrained or weights_file:
+            raise CTranError("small_cnn has no pretrained weights; use pretrained=False")
+        return SmallCNN()
+    return TimmBackbone(name, pretrained=pretrained, weights_file=weights_file)

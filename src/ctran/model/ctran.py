@@ -1,0 +1,99 @@
+"""C-Tran: a transformer over image-feature tokens and one token per label (Lanchantin et al., CVPR 2021).
+
+    images (B, 3, H, W) --backbone--> (B, C, h, w) --1x1 proj--> image tokens (B, h*w, D) [+ sine pos]
+    label tokens (B, L, D) = label embedding (L, D) + state embedding[state] (B, L, D)
+    LayerNorm(cat[image tokens ; label tokens]) --N post-norm layers--> (B, h*w + L, D)
+    logits (B, L) = per-label linear readout of the L label output tokens
+
+The work is split so the expensive half can be cached: ``encode`` runs the backbone once per image;
+``decode`` re-runs only label tokens + transformer + readout for any set of known labels.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ctran.model.position_encoding import PositionEmbeddingSine
+from ctran.model.readout import PerLabelLinear
+from ctran.model.transformer import Encoder
+from ctran.states import check_states, state_index
+
+
+@dataclass
+class Output:
+    """What ``forward``/``decode`` return when attention is asked for."""
+
+    logits: torch.Tensor  # (B, L)
+    attentions: list[torch.Tensor]  # per layer (B, heads, T + L, T + L); image tokens first
+
+
+class CTran(nn.Module):
+    """The C-Tran classifier; ``forward(images, states)`` returns logits (B, L)."""
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_labels: int,
+        dim: int = 2048,
+        layers: int = 3,
+        heads: int = 4,
+        ffn_dim: int | None = None,
+        dropout: float = 0.1,
+        position_encoding: bool = False,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.num_labels = num_labels
+        channels = backbone.num_channels
+        self.input_proj = nn.Conv2d(channels, dim, 1) if channels != dim else nn.Identity()
+        self.position = PositionEmbeddingSine(dim) if position_encoding else None
+        self.label_embed = nn.Embedding(num_labels, dim)
+        # Row 0 (unknown) is a padding row: it never receives gradient. It starts at zero here; an imported
+        # official checkpoint keeps its own non-zero row.
+        self.state_embed = nn.Embedding(3, dim, padding_idx=0)
+        self.norm = nn.LayerNorm(dim)
+        self.encoder = Encoder(dim, heads, layers, ffn_dim or dim, dropout)
+        self.readout = PerLabelLinear(num_labels, dim)
+        self._init_embeddings(dim)
+
+    def _init_embeddings(self, dim: int) -> None:
+        """Label and state embeddings on the same small scale (±1/sqrt(D), as the official code).
+
+        With PyTorch's default N(0, 1) state rows and small label rows, a known label's token loses its
+        identity and the model learns to ignore known labels.
+        """
+        bound = 1 / math.sqrt(dim)
+        nn.init.uniform_(self.label_embed.weight, -bound, bound)
+        nn.init.uniform_(self.state_embed.weight, -bound, bound)
+        with torch.no_grad():
+            self.state_embed.weight[0].zero_()
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Images (B, 3, H, W) -> image tokens (B, h*w, D): the expensive half, cacheable across states."""
+        features = self.input_proj(self.backbone(images))  # (B, D, h, w)
+        tokens = features.flatten(2).transpose(1, 2)  # (B, h*w, D)
+        if self.position is not None:
+            h, w = features.shape[-2:]
+            tokens = tokens + self.position(h, w, tokens.device, tokens.dtype)
+        return tokens
+
+    def decode(
+        self, tokens: torch.Tensor, states: torch.Tensor, return_attention: bool = False
+    ) -> torch.Tensor | Output:
+        """Image tokens (B, T, D) + label states (B, L) in {-1, 0, 1} -> logits (B, L)."""
+        check_states(states, self.num_labels)
+        labels = self.label_embed.weight + self.state_embed(state_index(states))  # (B, L, D)
+        x = self.norm(torch.cat([tokens, labels.to(tokens.dtype)], dim=1))  # (B, T + L, D)
+        x, attentions = self.encoder(x, need_weights=return_attention)
+        logits = self.readout(x[:, -self.num_labels :])  # (B, L)
+        return Output(logits, attentions) if return_attention else logits
+
+    def forward(
+        self, images: torch.Tensor, states: torch.Tensor, return_attention: bool = False
+    ) -> torch.Tensor | Output:
+        """Normalised images (B, 3, H, W), states (B, L) -> logits (B, L) (``Output`` with attention)."""
+        return self.decode(self.encode(images), states, return_attention)

@@ -1,0 +1,99 @@
+"""Evaluate a model in the three inference settings, running the backbone once per image.
+
+A ``Setting`` says which labels the model is told: ``regular`` (none), ``partial`` (a fraction of the target
+labels, chosen per image from the seed), ``extra`` (all extra labels). Each batch is encoded once and only
+the label tokens + transformer + readout run again per setting.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from ctran.metrics import multilabel_metrics
+from ctran.states import UNKNOWN
+from ctran.training.label_mask import evaluation_states, scored_mask
+from ctran.training.precision import autocast
+
+
+@dataclass(frozen=True)
+class Setting:
+    """What is revealed at inference: a fraction of the targets, and/or every extra label."""
+
+    known_fraction: float = 0.0
+    reveal_extras: bool = False
+
+    @property
+    def name(self) -> str:
+        if self.reveal_extras:
+            return "extra"
+        return "regular" if self.known_fraction == 0 else f"partial_{self.known_fraction:g}"
+
+
+def standard_settings(fractions: Iterable[float] = (0.25, 0.5, 0.75), extra: bool = True) -> list[Setting]:
+    """Regular, each partial fraction, and (when the dataset has extra labels) extra."""
+    settings = [Setting()] + [Setting(known_fraction=f) for f in fractions if f > 0]
+    return [*settings, Setting(reveal_extras=True)] if extra else settings
+
+
+def input_states(
+    setting: Setting, targets: torch.Tensor, extras: torch.Tensor, indices: torch.Tensor, seed: int
+) -> torch.Tensor:
+    """The (B, T + E) states fed to the model for one setting."""
+    known_targets = evaluation_states(targets, indices, setting.known_fraction, seed)
+    known_extras = extras if setting.reveal_extras else torch.full_like(extras, UNKNOWN)
+    return torch.cat([known_targets, known_extras], dim=1)
+
+
+@torch.inference_mode()
+def collect_scores(
+    model: torch.nn.Module,
+    loader: DataLoader,
+    settings: list[Setting],
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    precision: str = "fp32",
+    progress: bool = False,
+) -> dict[Setting, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Per setting: target probabilities (N, T), truth (N, T) and the scored mask (N, T)."""
+    model.eval()
+    parts: dict[Setting, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {s: [] for s in settings}
+    for images, targets, extras, indices in tqdm(loader, desc="evaluate", disable=not progress, leave=False):
+        num_targets = targets.shape[1]
+        images, targets, extras = images.to(device), targets.to(device), extras.to(device)
+        with autocast(device, precision):
+            tokens = model.encode(images)
+            for setting in settings:
+                states = input_states(setting, targets, extras, indices, seed)
+                logits = model.decode(tokens, states)[:, :num_targets]  # (B, T)
+                scored = scored_mask(targets, states[:, :num_targets])
+                parts[setting].append((logits.float().sigmoid().cpu(), targets.cpu(), scored.cpu()))
+    return {
+        s: tuple(torch.cat(column) for column in zip(*chunks, strict=True)) for s, chunks in parts.items()
+    }
+
+
+def evaluate(
+    model: torch.nn.Module,
+    loader: DataLoader,
+    settings: list[Setting] | None = None,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    precision: str = "fp32",
+    progress: bool = False,
+) -> dict:
+    """Metrics (percent) per setting: ``{"regular": {...}, "partial": {"0.5": {...}}, "extra": {...}}``."""
+    settings = settings or standard_settings()
+    scores = collect_scores(model, loader, settings, seed, device, precision, progress)
+    results: dict = {}
+    for setting, (probs, truth, scored) in scores.items():
+        metrics = multilabel_metrics(probs, truth, mask=scored)
+        if setting.known_fraction and not setting.reveal_extras:
+            results.setdefault("partial", {})[f"{setting.known_fraction:g}"] = metrics
+        else:
+            results[setting.name] = metrics
+    return results

@@ -1,0 +1,241 @@
+"""ctran.metrics cross-checked against scikit-learn on random data (ties, masks, unknown targets)."""
+
+from __future__ import annotations
+
+import time
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import average_precision_score, f1_score, precision_score, recall_score
+
+from ctran.metrics import METRIC_KEYS, average_precision, mean_average_precision, multilabel_metrics
+
+TOL = 1e-6
+
+
+def _random_problem(seed: int, n: int = 200, n_labels: int = 12, decimals: int | None = 1):
+    """Scores with many ties (rounded), targets in {0, 1}, one all-negative and one all-positive label."""
+    rng = np.random.default_rng(seed)
+    scores = rng.random((n, n_labels))
+    if decimals is not None:
+        scores = scores.round(decimals)
+    targets = (rng.random((n, n_labels)) < 0.3).astype(np.int64)
+    targets[:, 0] = 0  # no positives -> NaN AP
+    targets[:, 1] = 1  # all positives -> AP 1
+    return scores, targets
+
+
+def _sklearn_ap(scores: np.ndarray, targets: np.ndarray, scored: np.ndarray) -> np.ndarray:
+    """Reference: sklearn AP label by label on the scored rows only; NaN when there is no positive."""
+    out = np.full(scores.shape[1], np.nan)
+    for j in range(scores.shape[1]):
+        rows = scored[:, j]
+        y = targets[rows, j] == 1
+        if y.any():
+            out[j] = average_precision_score(y, scores[rows, j])
+    return out
+
+
+def _sklearn_prf(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
+    """Reference C*/O* metrics in percent from binary matrices (unscored entries already zeroed in both)."""
+    kw = {"zero_division": 0}
+    cp = 100 * precision_score(true, pred, average="macro", **kw)
+    cr = 100 * recall_score(true, pred, average="macro", **kw)
+    return {
+        "CP": cp,
+        "CR": cr,
+        "CF1": 2 * cp * cr / (cp + cr) if cp + cr > 0 else 0.0,
+        "OP": 100 * precision_score(true, pred, average="micro", **kw),
+        "OR": 100 * recall_score(true, pred, average="micro", **kw),
+        "OF1": 100 * f1_score(true, pred, average="micro", **kw),
+    }
+
+
+def _top_k_reference(scores: np.ndarray, scored: np.ndarray, k: int) -> np.ndarray:
+    """Top-k among scored entries per image via a stable argsort (ties -> lower label index)."""
+    s = np.where(scored, scores, -np.inf)
+    idx = np.argsort(-s, axis=1, kind="stable")[:, :k]
+    top = np.zeros(scores.shape, dtype=bool)
+    np.put_along_axis(top, idx, True, axis=1)
+    return top & scored
+
+
+def _assert_metrics_close(got: dict[str, float], want: dict[str, float]) -> None:
+    for key, value in want.items():
+        assert got[key] == pytest.approx(value, abs=TOL), key
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("decimals", [1, 2, None])
+def test_average_precision_matches_sklearn_with_ties(seed: int, decimals: int | None) -> None:
+    scores, targets = _random_problem(seed, decimals=decimals)
+    ap = average_precision(scores, targets)
+    assert ap.dtype == torch.float64 and ap.shape == (scores.shape[1],)
+    want = _sklearn_ap(scores, targets, np.ones_like(targets, dtype=bool))
+    np.testing.assert_allclose(ap.numpy(), want, atol=TOL, equal_nan=True)
+    assert torch.isnan(ap[0]) and ap[1] == pytest.approx(1.0)
+    assert mean_average_precision(scores, targets) == pytest.approx(100 * np.nanmean(want), abs=TOL)
+
+
+def test_average_precision_all_tied_and_tiny() -> None:
+    # One tie group: precision is the base rate for every positive.
+    scores = np.full((10, 2), 0.5)
+    targets = np.zeros((10, 2), dtype=int)
+    targets[:3, 0] = 1
+    targets[7:, 1] = 1
+    np.testing.assert_allclose(average_precision(scores, targets).numpy(), [0.3, 0.3])
+    # A single scored positive ranked second out of two.
+    ap = average_precision(np.array([[0.9], [0.1]]), np.array([[0], [1]]))
+    assert ap.item() == pytest.approx(average_precision_score([0, 1], [0.9, 0.1]))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_map_with_mask_and_unknown_targets(seed: int) -> None:
+    scores, targets = _random_problem(seed, n=300, n_labels=15)
+    rng = np.random.default_rng(100 + seed)
+    targets = np.where(rng.random(targets.shape) < 0.2, -1, targets)
+    mask = rng.random(targets.shape) < 0.7
+    mask[:, 3] = False  # a label that is never scored -> NaN, excluded from mAP
+    targets[:, 4] = -1
+    scored = mask & (targets != -1)
+
+    ap = average_precision(scores, targets, mask)
+    want = _sklearn_ap(scores, targets, scored)
+    np.testing.assert_allclose(ap.numpy(), want, atol=TOL, equal_nan=True)
+    assert torch.isnan(ap[3]) and torch.isnan(ap[4])
+    assert mean_average_precision(scores, targets, mask) == pytest.approx(100 * np.nanmean(want), abs=TOL)
+
+    metrics = multilabel_metrics(scores, targets, mask)
+    assert metrics["mAP"] == pytest.approx(100 * np.nanmean(want), abs=TOL)
+    assert metrics["n_labels_scored"] == int((~np.isnan(want)).sum())
+    assert metrics["n_images"] == int(scored.any(axis=1).sum())
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("threshold", [0.5, 0.3])
+def test_threshold_and_top3_metrics_match_sklearn(seed: int, threshold: float) -> None:
+    scores, targets = _random_problem(seed, n=150, n_labels=10, decimals=2)
+    scored = np.ones_like(targets, dtype=bool)
+    metrics = multilabel_metrics(scores, targets, threshold=threshold)
+    true = targets == 1
+
+    pred = scores >= threshold
+    _assert_metrics_close(metrics, _sklearn_prf(pred, true))
+
+    top3 = _top_k_reference(scores, scored, 3) & pred
+    want_top = {f"{k}_top3": v for k, v in _sklearn_prf(top3, true).items()}
+    _assert_metrics_close(metrics, want_top)
+
+    assert list(metrics)[: len(METRIC_KEYS)] == list(METRIC_KEYS)
+    assert metrics["n_images"] == scores.shape[0]
+    assert metrics["n_labels_scored"] == scores.shape[1] - 1  # label 0 has no positive
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_masked_prf_matches_sklearn_on_zeroed_matrices(seed: int) -> None:
+    """Unscored = neither predicted nor true, so sklearn on matrices zeroed there is the reference."""
+    scores, targets = _random_problem(seed, n=120, n_labels=9, decimals=1)
+    rng = np.random.default_rng(200 + seed)
+    targets = np.where(rng.random(targets.shape) < 0.15, -1, targets)
+    mask = rng.random(targets.shape) < 0.6
+    scored = mask & (targets != -1)
+    metrics = multilabel_metrics(scores, targets, mask, top_k=2)
+
+    true = (targets == 1) & scored
+    pred = (scores >= 0.5) & scored
+    _assert_metrics_close(metrics, _sklearn_prf(pred, true))
+    top2 = _top_k_reference(scores, scored, 2) & pred
+    _assert_metrics_close(metrics, {f"{k}_top2": v for k, v in _sklearn_prf(top2, true).items()})
+
+
+def test_top_k_ties_prefer_lower_label_index() -> None:
+    scores = np.array([[0.9, 0.9, 0.9, 0.9]])
+    targets = np.array([[0, 0, 1, 1]])
+    metrics = multilabel_metrics(scores, targets, top_k=2)  # picks labels 0 and 1: no hit
+    assert metrics["OP_top2"] == 0.0 and metrics["OR_top2"] == 0.0
+    metrics = multilabel_metrics(scores, targets, mask=np.array([[False, True, True, True]]), top_k=2)
+    assert metrics["OP_top2"] == pytest.approx(50.0)  # label 0 unscored: picks 1 and 2
+
+
+def test_torch_and_numpy_inputs_agree() -> None:
+    scores, targets = _random_problem(7, decimals=2)
+    targets[::5, 2] = -1
+    mask = np.random.default_rng(7).random(scores.shape) < 0.8
+    from_numpy = multilabel_metrics(scores, targets, mask)
+    from_torch = multilabel_metrics(
+        torch.from_numpy(scores).float(), torch.from_numpy(targets), torch.from_numpy(mask)
+    )
+    assert from_numpy.keys() == from_torch.keys()
+    for key in from_numpy:  # float32 scores: identical up to the float32 rounding of the inputs
+        assert from_torch[key] == pytest.approx(from_numpy[key], abs=1e-4), key
+    from_torch64 = multilabel_metrics(
+        torch.from_numpy(scores), torch.from_numpy(targets), torch.from_numpy(mask)
+    )
+    assert from_torch64 == from_numpy
+    assert torch.equal(
+        average_precision(torch.from_numpy(scores), torch.from_numpy(targets)).nan_to_num(-1),
+        average_precision(scores, targets).nan_to_num(-1),
+    )
+
+
+def test_unscored_entries_have_no_influence() -> None:
+    scores, targets = _random_problem(11, n=100, n_labels=8, decimals=1)
+    rng = np.random.default_rng(11)
+    targets = np.where(rng.random(targets.shape) < 0.2, -1, targets)
+    mask = rng.random(targets.shape) < 0.6
+    base = multilabel_metrics(scores, targets, mask)
+    base_ap = average_precision(scores, targets, mask)
+
+    unscored = ~mask | (targets == -1)
+    scores2 = np.where(unscored, rng.choice([0.0, 1.0, 0.5, -1e9, np.nan], size=scores.shape), scores)
+    # Hidden by the mask: any target; unknown (-1) targets stay unknown or become hidden by the mask.
+    targets2 = np.where(~mask, rng.integers(-1, 2, size=targets.shape), targets)
+    assert (scores2 != scores)[unscored].any() and (targets2 != targets)[~mask].any()
+    assert multilabel_metrics(scores2, targets2, mask) == base
+    assert torch.equal(average_precision(scores2, targets2, mask).nan_to_num(-1), base_ap.nan_to_num(-1))
+
+
+def test_mask_all_true_equals_no_mask() -> None:
+    scores, targets = _random_problem(3)
+    assert multilabel_metrics(scores, targets, np.ones_like(targets, dtype=bool)) == multilabel_metrics(
+        scores, targets
+    )
+
+
+def test_nothing_scored_gives_nan_map_and_zero_prf() -> None:
+    scores = np.random.default_rng(0).random((4, 3))
+    metrics = multilabel_metrics(scores, np.full((4, 3), -1))
+    assert np.isnan(metrics["mAP"])
+    assert metrics["n_images"] == 0 and metrics["n_labels_scored"] == 0
+    assert all(metrics[k] == 0.0 for k in METRIC_KEYS if k != "mAP")
+
+
+@pytest.mark.parametrize(
+    ("scores", "targets", "mask"),
+    [
+        (np.zeros(3), np.zeros(3), None),
+        (np.zeros((2, 3)), np.zeros((3, 2)), None),
+        (np.zeros((2, 3)), np.full((2, 3), 2), None),
+        (np.zeros((2, 3)), np.zeros((2, 3)), np.ones((2, 2), dtype=bool)),
+        (np.full((2, 3), np.nan), np.zeros((2, 3)), None),
+    ],
+)
+def test_bad_inputs_raise(scores, targets, mask) -> None:
+    with pytest.raises(ValueError):
+        multilabel_metrics(scores, targets, mask)
+
+
+def test_coco_size_is_fast() -> None:
+    rng = np.random.default_rng(0)
+    scores = rng.random((40_000, 80)).astype(np.float32)
+    targets = (rng.random((40_000, 80)) < 0.03).astype(np.int64)
+    mask = rng.random((40_000, 80)) < 0.75
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        start = time.perf_counter()
+        metrics = multilabel_metrics(scores, targets, mask)
+        elapsed = time.perf_counter() - start
+    assert elapsed < 5.0, f"multilabel_metrics took {elapsed:.2f}s on 40000 x 80"
+    assert 0.0 < metrics["mAP"] < 100.0 and metrics["n_labels_scored"] == 80
