@@ -1,59 +1,58 @@
 """The main job (``ctran demo`` / ``make demo``): C-Tran vs the CNN baseline on the bundled digit scenes.
 
-Builds the dataset, trains C-Tran with Label Mask Training and the pooled-CNN baseline for the same number
-of epochs, evaluates regular, partial (25/50/75% known) and extra-label inference on the test split, and
-writes ``report.json``, ``report.md``, ``map_vs_known.png`` and ``ctran.pt`` to the output folder.
+Trains C-Tran with Label Mask Training (``configs/digits.yaml``) and the pooled-CNN baseline (same backbone,
+same epochs, same schedule), evaluates regular, partial (25/50/75% known) and extra-label inference on the
+test split, and writes ``report.json``, ``report.md``, ``map_vs_known.png`` and ``ctran.pt``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import dataclasses
 from pathlib import Path
 
 import torch
 
 from ctran.checkpoint import save_checkpoint
+from ctran.config import Config, load_config
 from ctran.data.base import LabeledImages
-from ctran.data.digit_scenes import CANVAS, load_digit_scenes
 from ctran.model import build_baseline, build_from_config
 from ctran.report import flatten_settings, metrics_table, plot_map_vs_known, write_json
 from ctran.states import unknown_states
+from ctran.training.distributed import DistContext, resolve_device
 from ctran.training.evaluation import evaluate, standard_settings
-from ctran.training.trainer import TrainConfig, config_dict, fit, make_loader
-
-DEMO_MODEL = {"kind": "ctran", "backbone": "small_cnn", "dim": 128, "layers": 3, "heads": 4, "dropout": 0.1}
-
-
-@dataclass
-class DemoConfig:
-    """Everything the demo run depends on; the defaults are what ``make demo`` runs."""
-
-    seed: int = 0
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=12))
-    sizes: dict[str, int | None] = field(default_factory=lambda: {"train": None, "val": None, "test": None})
-    fractions: tuple[float, ...] = (0.25, 0.5, 0.75)
+from ctran.training.loaders import eval_loader
+from ctran.training.run import build_datasets, checkpoint_meta, model_config
+from ctran.training.trainer import Trainer
 
 
-def run_demo(out: str | Path, config: DemoConfig | None = None, progress: bool = True) -> dict:
+def demo_config(overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """The shipped digits config plus overrides (``seed=1``, ``train.epochs=2`` ...)."""
+    return load_config("digits", overrides)
+
+
+def run_demo(out: str | Path, config: Config | None = None, progress: bool = True) -> dict:
     """Run the whole demo; returns the report dict that is also written to ``out/report.json``."""
-    config = config or DemoConfig()
+    config = config or demo_config()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    config.train.seed = config.seed
-    data = {split: load_digit_scenes(split, config.seed, size) for split, size in config.sizes.items()}
-    num_targets, label_names = len(data["train"].target_names), data["train"].label_names
+    ctx = DistContext(device=resolve_device(config.train.device))
+    data = build_datasets(config)
+    num_targets, num_labels = len(data["train"].target_names), len(data["train"].label_names)
 
-    ctran_model = build_from_config({**DEMO_MODEL, "num_labels": len(label_names)})
-    ctran_run = fit(ctran_model, data["train"], data["val"], config.train, progress, desc="C-Tran")
-    baseline_config = TrainConfig(**{**config_dict(config.train), "label_mask": False})
-    baseline = build_baseline(num_targets, backbone=DEMO_MODEL["backbone"])
-    baseline_run = fit(baseline, data["train"], data["val"], baseline_config, progress, desc="baseline")
+    ctran_model = build_from_config(model_config(config, num_labels))
+    ctran_run = Trainer(
+        ctran_model, data["train"], data["val"], config, ctx, progress=progress, desc="C-Tran"
+    ).fit()
+    baseline_config = dataclasses.replace(config, train=dataclasses.replace(config.train, label_mask=False))
+    baseline = build_baseline(num_targets, backbone=config.model.backbone)
+    baseline_run = Trainer(
+        baseline, data["train"], data["val"], baseline_config, ctx, progress=progress, desc="baseline"
+    ).fit()
 
-    test_loader = make_loader(data["test"], 256, False, config.seed)
-    settings = standard_settings(config.fractions)
-    evaluation = {"seed": config.seed, "device": config.train.device}
-    ctran_results = evaluate(ctran_model, test_loader, settings, **evaluation)
-    baseline_results = evaluate(baseline, test_loader, settings[:-1], **evaluation)
+    test_loader = eval_loader(data["test"], config.eval.batch_size)
+    settings = standard_settings(config.eval.known_fractions)
+    ctran_results = evaluate(ctran_model, test_loader, settings, config.seed, ctx.device)
+    baseline_results = evaluate(baseline, test_loader, settings[:-1], config.seed, ctx.device)
 
     report = {
         "ctran": ctran_results,
@@ -68,20 +67,10 @@ def run_demo(out: str | Path, config: DemoConfig | None = None, progress: bool =
             "targets": list(data["train"].target_names),
             "extras": list(data["train"].extra_names),
         },
-        "train_config": config_dict(config.train),
-        "model_config": DEMO_MODEL,
+        "config": config.to_dict(),
     }
-    save_checkpoint(
-        out / "ctran.pt",
-        ctran_model,
-        {**DEMO_MODEL, "num_labels": len(label_names)},
-        data["train"].target_names,
-        data["train"].extra_names,
-        image_size=CANVAS,
-        dataset="digits",
-        train_config=config_dict(config.train),
-        test_metrics=ctran_results,
-    )
+    meta = checkpoint_meta(config, data["train"], num_labels)
+    save_checkpoint(out / "ctran.pt", ctran_model, **meta, test_metrics=ctran_results)
     write_json(out / "report.json", report)
     (out / "report.md").write_text(render_markdown(report))
     plot_map_vs_known(
@@ -106,7 +95,7 @@ def render_markdown(report: dict) -> str:
         f"Partial settings score only the labels left unknown. Dataset seed {report['dataset']['seed']}, "
         f"{sizes['train']} / {sizes['val']} / {sizes['test']} train / val / test scenes. "
         f"Training time: C-Tran {seconds['ctran']} s, baseline {seconds['baseline']} s "
-        f"({report['train_config']['epochs']} epochs each).\n"
+        f"({report['config']['train']['epochs']} epochs each).\n"
     )
 
 
@@ -134,10 +123,3 @@ def worked_example(model: torch.nn.Module, dataset: LabeledImages, index: int = 
         order = sorted(others, key=lambda i: -float(probs[i]))[:top]
         lines.append(f"  {title:<22} " + ", ".join(f"{names[i]} {probs[i]:.2f}" for i in order))
     return "\n".join(lines)
-
-
-def rebuild(model_config: dict, state_dict: dict) -> torch.nn.Module:
-    """A fresh eval-mode model from a config and weights."""
-    model = build_from_config(model_config)
-    model.load_state_dict(state_dict)
-    return model.eval()

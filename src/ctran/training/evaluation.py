@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from ctran.metrics import multilabel_metrics
 from ctran.states import UNKNOWN
+from ctran.training.distributed import DistContext, gather_objects
 from ctran.training.label_mask import evaluation_states, scored_mask
 from ctran.training.precision import autocast
 
@@ -58,11 +59,14 @@ def collect_scores(
     device: torch.device | str = "cpu",
     precision: str = "fp32",
     progress: bool = False,
-) -> dict[Setting, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Per setting: target probabilities (N, T), truth (N, T) and the scored mask (N, T)."""
+) -> dict[Setting, tuple[torch.Tensor, ...]]:
+    """Per setting: target probabilities (N, T), truth (N, T), the scored mask (N, T), image indices (N,)."""
     model.eval()
-    parts: dict[Setting, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {s: [] for s in settings}
-    for images, targets, extras, indices in tqdm(loader, desc="evaluate", disable=not progress, leave=False):
+    parts: dict[Setting, list[tuple[torch.Tensor, ...]]] = {s: [] for s in settings}
+    for batch in tqdm(loader, desc="evaluate", disable=not progress, leave=False):
+        if batch is None:  # every image of the batch was unreadable and skipped
+            continue
+        images, targets, extras, indices = batch
         num_targets = targets.shape[1]
         images, targets, extras = images.to(device), targets.to(device), extras.to(device)
         with autocast(device, precision):
@@ -71,10 +75,19 @@ def collect_scores(
                 states = input_states(setting, targets, extras, indices, seed)
                 logits = model.decode(tokens, states)[:, :num_targets]  # (B, T)
                 scored = scored_mask(targets, states[:, :num_targets])
-                parts[setting].append((logits.float().sigmoid().cpu(), targets.cpu(), scored.cpu()))
+                parts[setting].append(
+                    (logits.float().sigmoid().cpu(), targets.cpu(), scored.cpu(), torch.as_tensor(indices))
+                )
     return {
         s: tuple(torch.cat(column) for column in zip(*chunks, strict=True)) for s, chunks in parts.items()
     }
+
+
+def merge_shards(parts: list[tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, ...]:
+    """Concatenate (probs, truth, scored, indices) from every process, in image-index order."""
+    probs, truth, scored, indices = (torch.cat(column) for column in zip(*parts, strict=True))
+    order = indices.argsort()
+    return probs[order], truth[order], scored[order], indices[order]
 
 
 def evaluate(
@@ -85,12 +98,18 @@ def evaluate(
     device: torch.device | str = "cpu",
     precision: str = "fp32",
     progress: bool = False,
+    ctx: DistContext | None = None,
 ) -> dict:
-    """Metrics (percent) per setting: ``{"regular": {...}, "partial": {"0.5": {...}}, "extra": {...}}``."""
+    """Metrics (percent) per setting: ``{"regular": {...}, "partial": {"0.5": {...}}, "extra": {...}}``.
+
+    Under torchrun each process scores its shard; rows from every process are gathered before metrics.
+    """
     settings = settings or standard_settings()
     scores = collect_scores(model, loader, settings, seed, device, precision, progress)
+    if ctx is not None and ctx.enabled:
+        scores = {setting: merge_shards(gather_objects(scores[setting], ctx)) for setting in settings}
     results: dict = {}
-    for setting, (probs, truth, scored) in scores.items():
+    for setting, (probs, truth, scored, _) in scores.items():
         metrics = multilabel_metrics(probs, truth, mask=scored)
         if setting.known_fraction and not setting.reveal_extras:
             results.setdefault("partial", {})[f"{setting.known_fraction:g}"] = metrics

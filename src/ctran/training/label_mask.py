@@ -10,27 +10,35 @@ import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ctran.states import UNKNOWN
 
 
 def sample_training_states(
-    truth: torch.Tensor, max_known_fraction: float = 0.75, generator: torch.Generator | None = None
+    truth: torch.Tensor,
+    indices: torch.Tensor | list[int],
+    seed: int,
+    epoch: int,
+    max_known_fraction: float = 0.75,
 ) -> torch.Tensor:
     """Label Mask Training: per image reveal ``k ~ U{0..floor(f*L)}`` random annotated labels.
 
     The known subset is uniform over labels (so mostly negatives, as in the paper); the model learns to
-    use whatever it is told, and the loss covers the rest.
+    use whatever it is told, and the loss covers the rest. Each image's draw depends only on
+    (seed, epoch, image index), so it is the same however the batch is split across processes and when a
+    killed run resumes.
     """
-    batch, num_labels = truth.shape
+    num_labels = truth.shape[1]
     max_known = math.floor(max_known_fraction * num_labels)
-    num_known = torch.randint(0, max_known + 1, (batch, 1), generator=generator)  # (B, 1)
-    keys = torch.rand(batch, num_labels, generator=generator)  # (B, L)
-    keys = keys.masked_fill(truth.cpu() == UNKNOWN, 2.0)  # unannotated labels sort last
-    rank = keys.argsort(dim=1).argsort(dim=1)  # (B, L): position of each label in a random order
-    reveal = (rank < num_known).to(truth.device)
-    return torch.where(reveal, truth, torch.full_like(truth, UNKNOWN))
+    annotated = (truth != UNKNOWN).cpu().numpy()
+    reveal = np.zeros(annotated.shape, dtype=bool)  # (B, L)
+    for row, index in enumerate(torch.as_tensor(indices).tolist()):
+        rng = np.random.default_rng([seed, epoch, index])
+        num_known = rng.integers(0, max_known + 1)
+        keys = np.where(annotated[row], rng.random(num_labels), 2.0)  # unannotated labels sort last
+        reveal[row, np.argsort(keys, kind="stable")[:num_known]] = True
+    reveal_t = torch.from_numpy(reveal & annotated).to(truth.device)
+    return torch.where(reveal_t, truth, torch.full_like(truth, UNKNOWN))
 
 
 def evaluation_states(
@@ -57,10 +65,3 @@ def evaluation_states(
 def scored_mask(truth: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
     """Entries that count in loss and metrics: annotated and not given to the model."""
     return (truth != UNKNOWN) & (inputs == UNKNOWN)
-
-
-def masked_bce(logits: torch.Tensor, truth: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
-    """BCE averaged over the scored entries only (a mean, so the step size does not scale with B or L)."""
-    weight = scored_mask(truth, inputs).to(logits.dtype)
-    losses = F.binary_cross_entropy_with_logits(logits, truth.clamp(min=0).to(logits.dtype), reduction="none")
-    return (losses * weight).sum() / weight.sum().clamp(min=1.0)

@@ -1,47 +1,45 @@
-"""The training loop: AdamW, warm-up + cosine (or plateau) schedule, Label Mask Training, best-on-validation.
+"""The training loop: Label Mask Training with AMP, accumulation, clipping, EMA, schedules, DDP and resume.
 
 Works for any model with the ``forward(images, states) -> logits`` interface (C-Tran and the pooled-CNN
-baseline). Batches are ``Sample``s; the model sees ``cat[targets ; extras]`` states and the loss covers only
-target labels that are annotated and not revealed.
+baseline). The model sees ``cat[targets ; extras]`` states; the loss covers target labels that are annotated
+and not revealed, averaged over all such entries of the global batch (every process and micro-batch), so
+N processes with batch B/N train exactly like one process with batch B.
+
+With an output folder, each epoch ends by writing ``last.pt`` (weights + optimiser, scheduler, EMA, scaler,
+RNG states, history) and, on a better validation mAP, ``best.pt``, both atomically; ``metrics.csv`` and
+TensorBoard logs grow by one row. ``resume=True`` continues from ``last.pt`` as if never stopped: data
+order and label masks depend only on (seed, epoch, image index), and RNG states are restored.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import csv
 import math
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from ctran.checkpoint import read_checkpoint, save_checkpoint
+from ctran.config import Config
 from ctran.data.base import LabeledImages
+from ctran.errors import CTranError
 from ctran.metrics import mean_average_precision
 from ctran.states import UNKNOWN
-from ctran.training.evaluation import Setting, collect_scores
-from ctran.training.label_mask import masked_bce, sample_training_states
+from ctran.training.distributed import DistContext, all_reduce_sum, barrier, gather_objects, resolve_device
+from ctran.training.evaluation import Setting, collect_scores, merge_shards
+from ctran.training.label_mask import sample_training_states
+from ctran.training.loaders import eval_loader, train_loader
+from ctran.training.losses import asl_terms, bce_terms
+from ctran.training.optim import build_optimizer, build_scheduler, freeze_backbone
 from ctran.training.precision import autocast, resolve_precision
-
-
-@dataclass
-class TrainConfig:
-    """Optimisation settings; stored in checkpoints and reports."""
-
-    epochs: int = 10
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    schedule: str = "cosine"  # "cosine" (with linear warm-up) or "plateau" (the paper's)
-    warmup_epochs: float = 1.0
-    label_mask: bool = True  # Label Mask Training; False: all labels unknown, loss on all (the ablation)
-    max_known_fraction: float = 0.75
-    grad_clip: float = 1.0
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16
-    num_workers: int = 0
-    seed: int = 0
-    device: str = "cpu"
 
 
 @dataclass
@@ -50,117 +48,299 @@ class TrainResult:
 
     history: list[dict] = field(default_factory=list)
     best_epoch: int = 0
-    best_val_map: float = float("nan")
+    best_val_map: float = -math.inf
     seconds: float = 0.0
+    stopped_early: bool = False
 
 
-def make_loader(
-    dataset: LabeledImages, batch_size: int, shuffle: bool, seed: int, workers: int = 0
-) -> DataLoader:
-    """A DataLoader whose shuffling depends only on the seed."""
-    generator = torch.Generator().manual_seed(seed)
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=shuffle,
-        generator=generator,
-        num_workers=workers,
-        drop_last=False,
-    )
+def gathered_scores(
+    model: nn.Module, loader: DataLoader, settings: list[Setting], seed: int, ctx: DistContext, precision: str
+) -> dict[Setting, tuple[torch.Tensor, ...]]:
+    """``collect_scores`` on this shard, then every shard's rows in image-index order on every process."""
+    local = collect_scores(model, loader, settings, seed, ctx.device, precision)
+    if not ctx.enabled:
+        return local
+    return {setting: merge_shards(gather_objects(local[setting], ctx)) for setting in settings}
 
 
-def _lr_lambda(config: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
-    """Linear warm-up then cosine decay to 1% of the peak, per optimisation step."""
-    warmup = max(1, int(config.warmup_epochs * steps_per_epoch))
-    total = max(warmup + 1, config.epochs * steps_per_epoch)
+class Trainer:
+    """One training run; ``fit`` trains in place and leaves the model with its best validation weights."""
 
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / (total - warmup)
-        return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    def __init__(
+        self,
+        model: nn.Module,
+        train_set: LabeledImages,
+        val_set: LabeledImages,
+        config: Config,
+        ctx: DistContext | None = None,
+        out_dir: str | Path | None = None,
+        checkpoint_meta: dict | None = None,
+        progress: bool = True,
+        desc: str = "train",
+    ) -> None:
+        self.config, self.cfg = config, config.train
+        self.ctx = ctx or DistContext(device=resolve_device(config.train.device))
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.meta = checkpoint_meta or {}
+        self.progress, self.desc = progress and self.ctx.is_main, desc
+        if self.cfg.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.manual_seed(config.seed + self.ctx.rank)
+        self.model = model.to(self.ctx.device)
+        self.frozen = freeze_backbone(self.model, self.cfg.freeze_backbone)
+        self.precision = resolve_precision(self.cfg.precision, self.ctx.device)
+        per_rank = self.cfg.batch_size // self.ctx.world_size
+        if per_rank * self.ctx.world_size != self.cfg.batch_size:
+            raise CTranError(
+                f"train.batch_size {self.cfg.batch_size} must divide by the {self.ctx.world_size} processes"
+            )
+        workers = config.data.num_workers
+        self.train_loader = train_loader(train_set, per_rank, config.seed, self.ctx, workers)
+        self.val_loader = eval_loader(val_set, config.eval.batch_size, self.ctx, workers)
+        steps_per_epoch = math.ceil(len(self.train_loader) / self.cfg.grad_accum)
+        self.optimizer = build_optimizer(self.model, self.cfg)
+        self.scheduler, self.per_step = build_scheduler(self.optimizer, self.cfg, steps_per_epoch)
+        self.scaler = torch.amp.GradScaler(self.ctx.device.type, enabled=self.precision == "fp16")
+        self.ema = self._build_ema()
+        self.net = self._wrap_ddp()
+        self.result, self.epoch, self.step, self.bad_epochs = TrainResult(), 0, 0, 0
+        self._best_state: dict | None = None
 
-    return factor
+    def _build_ema(self) -> nn.Module | None:
+        if self.cfg.ema_decay <= 0:
+            return None
+        from timm.utils import ModelEmaV3
+
+        return ModelEmaV3(self.model, decay=self.cfg.ema_decay)
+
+    def _wrap_ddp(self) -> nn.Module:
+        if not self.ctx.enabled:
+            return self.model
+        device_ids = [self.ctx.device.index] if self.ctx.device.type == "cuda" else None
+        return DistributedDataParallel(self.model, device_ids=device_ids)
+
+    # ---------------------------------------------------------------- training
+
+    def fit(self, resume: bool = False) -> TrainResult:
+        """Train for the configured epochs (from ``last.pt`` when resuming), with early stopping."""
+        if resume:
+            self._restore()
+        start = time.perf_counter() - self.result.seconds
+        while self.epoch < self.cfg.epochs and not self.result.stopped_early:
+            self.epoch += 1
+            row = self._train_epoch()
+            row.update(self._validate())
+            self.result.history.append(row)
+            self.result.seconds = time.perf_counter() - start
+            self._end_epoch(row)
+        barrier(self.ctx)
+        self._load_best()
+        return self.result
+
+    def _train_epoch(self) -> dict:
+        self.net.train()
+        for module in self.frozen:
+            module.eval()
+        self.train_loader.sampler.set_epoch(self.epoch)
+        total, count, images_seen, tick = torch.zeros(2), 0, 0, time.perf_counter()
+        bar = tqdm(
+            self.train_loader,
+            desc=f"{self.desc} {self.epoch}/{self.cfg.epochs}",
+            disable=not self.progress,
+            leave=False,
+        )
+        for micro, batch in enumerate(bar):
+            if batch is None:
+                continue
+            last_micro = (micro + 1) % self.cfg.grad_accum == 0 or micro + 1 == len(self.train_loader)
+            loss_sum, n_scored = self._forward_backward(batch, sync=last_micro)
+            total += torch.stack([loss_sum, n_scored]).cpu()
+            images_seen += len(batch.index)
+            count += 1
+            if last_micro:
+                self._optimizer_step()
+            bar.set_postfix(
+                loss=f"{float(total[0] / total[1].clamp(min=1)):.4f}",
+                img_s=f"{images_seen * self.ctx.world_size / (time.perf_counter() - tick):.0f}",
+            )
+        total = all_reduce_sum(total.to(self.ctx.device), self.ctx).cpu()
+        seconds = time.perf_counter() - tick
+        return {
+            "epoch": self.epoch,
+            "train_loss": float(total[0] / total[1].clamp(min=1)),
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "seconds": round(seconds, 2),
+            "images_per_s": round(images_seen * self.ctx.world_size / max(seconds, 1e-9), 1),
+        }
+
+    def _forward_backward(self, batch: tuple, sync: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """One micro-batch; the loss is normalised by the scored count of the whole (global) batch."""
+        images, targets, extras, indices = batch
+        device = self.ctx.device
+        truth = torch.cat([targets, extras], dim=1).to(device)  # (B, T + E)
+        if self.cfg.label_mask:
+            states = sample_training_states(
+                truth, indices, self.config.seed, self.epoch, self.cfg.max_known_fraction
+            )
+        else:
+            states = torch.full_like(truth, UNKNOWN)
+        num_targets = targets.shape[1]
+        context = self.net.no_sync() if self.ctx.enabled and not sync else contextlib.nullcontext()
+        with context:
+            with autocast(device, self.precision):
+                logits = self.net(images.to(device, non_blocking=True), states)[:, :num_targets]  # (B, T)
+            loss_sum, n_scored = self._loss_terms(
+                logits.float(), truth[:, :num_targets], states[:, :num_targets]
+            )
+            global_count = all_reduce_sum(n_scored.detach(), self.ctx).clamp(min=1)
+            loss = loss_sum * self.ctx.world_size / global_count / self.cfg.grad_accum
+            self.scaler.scale(loss).backward()
+        return loss_sum.detach(), n_scored.detach()
+
+    def _loss_terms(self, logits: torch.Tensor, truth: torch.Tensor, inputs: torch.Tensor) -> tuple:
+        if self.cfg.loss == "asl":
+            cfg = self.cfg
+            return asl_terms(logits, truth, inputs, cfg.asl_gamma_neg, cfg.asl_gamma_pos, cfg.asl_clip)
+        return bce_terms(logits, truth, inputs)
+
+    def _optimizer_step(self) -> None:
+        if self.cfg.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        if self.per_step:
+            self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update(self.model, step=self.step)
+
+    # ---------------------------------------------------------------- validation and checkpoints
+
+    def _val_map(self, model: nn.Module) -> float:
+        scores = gathered_scores(
+            model, self.val_loader, [Setting()], self.config.seed, self.ctx, self.precision
+        )
+        probs, truth, scored, _ = scores[Setting()]
+        return mean_average_precision(probs, truth, scored)
+
+    def _validate(self) -> dict:
+        row = {"val_mAP": self._val_map(self.model)}
+        if self.ema is not None:
+            row["val_mAP_ema"] = self._val_map(self.ema.module)
+        return row
+
+    def _end_epoch(self, row: dict) -> None:
+        candidate = max(row["val_mAP"], row.get("val_mAP_ema", -math.inf))
+        use_ema = row.get("val_mAP_ema", -math.inf) > row["val_mAP"]
+        if not self.per_step:
+            self.scheduler.step(candidate)
+        improved = candidate > self.result.best_val_map
+        if improved:
+            self.result.best_epoch, self.result.best_val_map, self.bad_epochs = self.epoch, candidate, 0
+            best_model = self.ema.module if use_ema else self.model
+            if self.out_dir is None:
+                self._best_state = copy.deepcopy(best_model.state_dict())
+        else:
+            self.bad_epochs += 1
+        if self.cfg.early_stop and self.bad_epochs >= self.cfg.early_stop:
+            self.result.stopped_early = True
+        rng = gather_objects(_rng_state(), self.ctx)
+        if self.out_dir is not None and self.ctx.is_main:
+            self._write_logs(row)
+            if improved:
+                save_checkpoint(
+                    self.out_dir / "best.pt", best_model, **self.meta, epoch=self.epoch, ema=use_ema
+                )
+            save_checkpoint(
+                self.out_dir / "last.pt", self.model, **self.meta, training_state=self._state(rng)
+            )
+        if self.progress:
+            ema = f"  (EMA {row['val_mAP_ema']:.2f})" if "val_mAP_ema" in row else ""
+            loss, val = row["train_loss"], row["val_mAP"]
+            tqdm.write(f"{self.desc} epoch {self.epoch}: loss {loss:.4f}  val mAP {val:.2f}{ema}")
+
+    def _state(self, rng: list) -> dict:
+        return {
+            "epoch": self.epoch,
+            "step": self.step,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "ema": self.ema.module.state_dict() if self.ema is not None else None,
+            "rng": rng,
+            "history": self.result.history,
+            "best_epoch": self.result.best_epoch,
+            "best_val_map": self.result.best_val_map,
+            "bad_epochs": self.bad_epochs,
+            "stopped_early": self.result.stopped_early,
+            "seconds": self.result.seconds,
+            "world_size": self.ctx.world_size,
+        }
+
+    def _restore(self) -> None:
+        """Load everything ``last.pt`` holds; RNG states per rank when the world size is unchanged."""
+        payload = read_checkpoint(self.out_dir / "last.pt")
+        state = payload.get("training_state")
+        if state is None:
+            raise CTranError(f"{self.out_dir / 'last.pt'} holds no training state to resume from")
+        self.model.load_state_dict(payload["state_dict"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None and state["ema"] is not None:
+            self.ema.module.load_state_dict(state["ema"])
+        self.epoch, self.step, self.bad_epochs = state["epoch"], state["step"], state["bad_epochs"]
+        self.result = TrainResult(
+            state["history"],
+            state["best_epoch"],
+            state["best_val_map"],
+            state["seconds"],
+            state["stopped_early"],
+        )
+        if state["world_size"] == self.ctx.world_size:
+            _set_rng_state(state["rng"][self.ctx.rank])
+
+    def _write_logs(self, row: dict) -> None:
+        path = self.out_dir / "metrics.csv"
+        new = not path.exists()
+        with path.open("a", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(row))
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            return
+        with SummaryWriter(str(self.out_dir / "tensorboard")) as writer:
+            for key, value in row.items():
+                if key != "epoch":
+                    writer.add_scalar(key, value, self.epoch)
+
+    def _load_best(self) -> None:
+        if self._best_state is not None:
+            self.model.load_state_dict(self._best_state)
+        elif self.out_dir is not None and (self.out_dir / "best.pt").exists():
+            self.model.load_state_dict(read_checkpoint(self.out_dir / "best.pt")["state_dict"])
 
 
 def fit(
-    model: torch.nn.Module,
-    train_set: LabeledImages,
-    val_set: LabeledImages,
-    config: TrainConfig,
-    progress: bool = True,
-    desc: str = "train",
+    model: nn.Module, train_set: LabeledImages, val_set: LabeledImages, config: Config, **options
 ) -> TrainResult:
-    """Train ``model`` in place and leave it holding the weights of its best validation epoch."""
-    torch.manual_seed(config.seed)
-    device = torch.device(config.device)
-    precision = resolve_precision(config.precision, device)
-    model.to(device)
-    train_loader = make_loader(train_set, config.batch_size, True, config.seed, config.num_workers)
-    val_loader = make_loader(val_set, 2 * config.batch_size, False, config.seed, config.num_workers)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    per_step = config.schedule == "cosine"
-    if per_step:
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config, len(train_loader)))
-    elif config.schedule == "plateau":
-        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.1, patience=5)
-    else:
-        raise ValueError(f"schedule must be 'cosine' or 'plateau', got {config.schedule!r}")
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    mask_generator = torch.Generator().manual_seed(config.seed + 1)
-
-    result, best_state, start = TrainResult(), None, time.perf_counter()
-    for epoch in range(1, config.epochs + 1):
-        model.train()
-        total, count, epoch_start = 0.0, 0, time.perf_counter()
-        bar = tqdm(train_loader, desc=f"{desc} {epoch}/{config.epochs}", disable=not progress, leave=False)
-        for images, targets, extras, _ in bar:
-            truth = torch.cat([targets, extras], dim=1).to(device)  # (B, T + E)
-            if config.label_mask:
-                states = sample_training_states(truth, config.max_known_fraction, mask_generator)
-            else:
-                states = torch.full_like(truth, UNKNOWN)
-            num_targets = targets.shape[1]
-            with autocast(device, precision):
-                logits = model(images.to(device), states)[:, :num_targets]  # (B, T)
-            loss = masked_bce(logits.float(), truth[:, :num_targets], states[:, :num_targets])
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            if per_step:
-                scheduler.step()
-            total, count = total + loss.item() * len(images), count + len(images)
-            bar.set_postfix(loss=f"{total / count:.4f}")
-        probs, truth, scored = collect_scores(model, val_loader, [Setting()], config.seed, device, precision)[
-            Setting()
-        ]
-        val_map = mean_average_precision(probs, truth, scored)
-        if not per_step:
-            scheduler.step(val_map)
-        seconds = time.perf_counter() - epoch_start
-        result.history.append(
-            {
-                "epoch": epoch,
-                "train_loss": total / max(count, 1),
-                "val_mAP": val_map,
-                "lr": optimizer.param_groups[0]["lr"],
-                "seconds": seconds,
-                "images_per_s": count / seconds,
-            }
-        )
-        if progress:
-            tqdm.write(f"{desc} epoch {epoch}: loss {total / max(count, 1):.4f}  val mAP {val_map:.2f}")
-        if best_state is None or val_map > result.best_val_map:
-            result.best_epoch, result.best_val_map = epoch, val_map
-            best_state = copy.deepcopy(model.state_dict())
-    model.load_state_dict(best_state)
-    result.seconds = time.perf_counter() - start
-    return result
+    """Train ``model`` in place (see ``Trainer``); it ends holding its best validation weights."""
+    return Trainer(model, train_set, val_set, config, **options).fit()
 
 
-def config_dict(config: TrainConfig) -> dict:
-    """Plain-dict form for JSON and checkpoints."""
-    return asdict(config)
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

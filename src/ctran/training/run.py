@@ -1,0 +1,124 @@
+"""A full training run from a ``Config``: datasets, model, training, final test evaluation, files.
+
+This is what ``ctran train`` (and ``torchrun ... -m ctran train``) calls. The output folder receives
+``config.yaml``, ``last.pt``, ``best.pt``, ``metrics.csv``, ``tensorboard/`` and, at the end,
+``metrics.json``: the best checkpoint's test metrics, regular inference at the top level (the keys of
+``ctran evaluate --json``) and every evaluated setting under ``settings``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from torch import nn
+
+from ctran.config import Config, config_from_dict, save_config
+from ctran.data.base import LabeledImages
+from ctran.errors import CTranError
+from ctran.model import build_from_config
+from ctran.report import write_json
+from ctran.training.distributed import DistContext, barrier, init_distributed, shutdown_distributed
+from ctran.training.evaluation import evaluate, standard_settings
+from ctran.training.loaders import eval_loader
+from ctran.training.trainer import Trainer
+
+
+def build_datasets(config: Config) -> dict[str, LabeledImages]:
+    """{"train", "val", "test"} for ``config.data``."""
+    data = config.data
+    if data.format == "digits":
+        from ctran.data.digit_scenes import load_digit_scenes
+
+        sizes = data.sizes or {}
+        return {
+            split: load_digit_scenes(split, config.seed, sizes.get(split))
+            for split in ("train", "val", "test")
+        }
+    from ctran.data.registry import load_splits
+
+    if data.root is None:
+        raise CTranError(f"data.root is not set: where is the {data.format} dataset? (pass --data-root PATH)")
+    splits = {"train": data.train_split, "val": data.val_split, "test": data.test_split}
+    return load_splits(
+        data.format,
+        data.root,
+        seed=config.seed,
+        image_size=data.image_size,
+        scale_size=data.scale_size,
+        crop_sizes=tuple(data.crop_sizes),
+        val_fraction=data.val_fraction,
+        on_bad_image=data.on_bad_image,
+        splits={role: name for role, name in splits.items() if name},
+    )
+
+
+def model_config(config: Config, num_labels: int) -> dict:
+    """The dict ``build_from_config`` (and every checkpoint) uses to build this run's C-Tran."""
+    options = dataclasses.asdict(config.model)
+    return {"kind": "ctran", "num_labels": num_labels, **options}
+
+
+def checkpoint_meta(config: Config, dataset: LabeledImages, num_labels: int) -> dict:
+    """Everything a checkpoint needs besides weights: how to rebuild, name labels and prepare images."""
+    model_options = model_config(config, num_labels)
+    model_options.update(pretrained=False, backbone_weights=None)  # the checkpoint carries the weights
+    return {
+        "model_config": model_options,
+        "target_names": list(dataset.target_names),
+        "extra_names": list(dataset.extra_names),
+        "image_size": config.data.image_size,
+        "scale_size": config.data.scale_size,
+        "dataset": config.data.format,
+        "config": config.to_dict(),
+    }
+
+
+def final_evaluation(
+    model: nn.Module, test_set: LabeledImages, config: Config, ctx: DistContext, precision: str = "fp32"
+) -> dict:
+    """Test metrics in every configured setting, regular at the top level."""
+    settings = standard_settings(
+        config.eval.known_fractions, extra=config.eval.extra and bool(test_set.extra_names)
+    )
+    loader = eval_loader(test_set, config.eval.batch_size, ctx, config.data.num_workers)
+    results = evaluate(model, loader, settings, config.seed, ctx.device, precision, ctx=ctx)
+    return {**results["regular"], "setting": "regular", "settings": results}
+
+
+def train_run(config: Config, out_dir: str | Path, resume: bool = False, progress: bool = True) -> dict:
+    """Train, evaluate the best checkpoint on the test split, write the run folder; returns metrics."""
+    out_dir = Path(out_dir)
+    ctx = init_distributed(config.train.device)
+    try:
+        datasets = build_datasets(config)
+        num_labels = len(datasets["train"].label_names)
+        model = build_from_config(model_config(config, num_labels))
+        if ctx.is_main:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            save_config(config, out_dir / "config.yaml")
+        barrier(ctx)
+        meta = checkpoint_meta(config, datasets["train"], num_labels)
+        trainer = Trainer(
+            model, datasets["train"], datasets["val"], config, ctx, out_dir, meta, progress, desc="train"
+        )
+        result = trainer.fit(resume=resume)
+        metrics = final_evaluation(trainer.model, datasets["test"], config, ctx)
+        metrics.update(
+            best_epoch=result.best_epoch, best_val_mAP=result.best_val_map, train_seconds=result.seconds
+        )
+        if ctx.is_main:
+            write_json(out_dir / "metrics.json", metrics)
+        return metrics
+    finally:
+        shutdown_distributed()
+
+
+def load_run_config(out_dir: str | Path) -> Config:
+    """The config a run folder was started with (for ``--resume``)."""
+    import yaml
+
+    path = Path(out_dir) / "config.yaml"
+    if not path.is_file():
+        raise CTranError(f"cannot resume: {path} not found (is {out_dir} a ctran train output folder?)")
+    return config_from_dict(yaml.safe_load(path.read_text()))
