@@ -205,6 +205,14 @@ def _build(cls: type, data: object, prefix: str) -> object:
     return cls(**values)
 
 
+def _yaml_float(text: str) -> float | str:
+    """YAML 1.1 reads ``3e-4`` as a string (it wants ``3.0e-4``); accept what Python accepts as a float."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
 def _check_value(key: str, value: object, hint: object) -> object:
     """Check (and lightly coerce: int -> float) one leaf value against its annotation and choices."""
     allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
@@ -212,6 +220,8 @@ def _check_value(key: str, value: object, hint: object) -> object:
         if type(None) in allowed:
             return None
         raise CTranError(f"{key} must not be empty")
+    if float in allowed and isinstance(value, str):
+        value = _yaml_float(value)
     for option in allowed:
         origin = typing.get_origin(option) or option
         if option is float and isinstance(value, int | float) and not isinstance(value, bool):

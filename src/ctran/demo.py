@@ -15,11 +15,12 @@ import torch
 from ctran.checkpoint import save_checkpoint
 from ctran.config import Config, load_config
 from ctran.data.base import LabeledImages
+from ctran.metrics import calibrate_thresholds
 from ctran.model import build_baseline, build_from_config
 from ctran.report import flatten_settings, metrics_table, plot_map_vs_known, write_json
 from ctran.states import unknown_states
 from ctran.training.distributed import DistContext, resolve_device
-from ctran.training.evaluation import evaluate, standard_settings
+from ctran.training.evaluation import Setting, collect_scores, evaluate, standard_settings
 from ctran.training.loaders import eval_loader
 from ctran.training.run import build_datasets, checkpoint_meta, model_config
 from ctran.training.trainer import Trainer
@@ -39,11 +40,13 @@ def run_demo(out: str | Path, config: Config | None = None, progress: bool = Tru
     data = build_datasets(config)
     num_targets, num_labels = len(data["train"].target_names), len(data["train"].label_names)
 
+    torch.manual_seed(config.seed)
     ctran_model = build_from_config(model_config(config, num_labels))
     ctran_run = Trainer(
         ctran_model, data["train"], data["val"], config, ctx, progress=progress, desc="C-Tran"
     ).fit()
     baseline_config = dataclasses.replace(config, train=dataclasses.replace(config.train, label_mask=False))
+    torch.manual_seed(config.seed)
     baseline = build_baseline(num_targets, backbone=config.model.backbone)
     baseline_run = Trainer(
         baseline, data["train"], data["val"], baseline_config, ctx, progress=progress, desc="baseline"
@@ -70,7 +73,12 @@ def run_demo(out: str | Path, config: Config | None = None, progress: bool = Tru
         "config": config.to_dict(),
     }
     meta = checkpoint_meta(config, data["train"], num_labels)
-    save_checkpoint(out / "ctran.pt", ctran_model, **meta, test_metrics=ctran_results)
+    val_loader = eval_loader(data["val"], config.eval.batch_size)
+    val_probs, val_truth, val_scored, _ = collect_scores(
+        ctran_model, val_loader, [Setting()], device=ctx.device
+    )[Setting()]
+    thresholds = calibrate_thresholds(val_probs, val_truth, val_scored).tolist()  # for predict --calibrated
+    save_checkpoint(out / "ctran.pt", ctran_model, **meta, test_metrics=ctran_results, thresholds=thresholds)
     write_json(out / "report.json", report)
     (out / "report.md").write_text(render_markdown(report))
     plot_map_vs_known(

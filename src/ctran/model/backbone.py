@@ -94,9 +94,10 @@ def _create_timm_model(name: str, pretrained: bool, weights_file: str | Path | N
                 f"could not load backbone weights from {weights_file} into {name}: {err}"
             ) from err
         raise CTranError(
-            f"could not fetch pretrained weights for {name!r} ({type(err).__name__}: {err}). On a machine "
-            "without internet, pass a local .pth/.safetensors file as the backbone weights file, "
-            "or build the model with pretrained=False"
+            f"could not fetch pretrained weights for {name!r} ({type(err).__name__}). Either let timm download "
+            "them (this machine needs internet access to the Hugging Face hub), or pass a local .pth or "
+            ".safetensors state dict with --backbone-weights FILE (model.backbone_weights=FILE in a config), "
+            "or train from scratch with model.pretrained=false"
         ) from err
 
 

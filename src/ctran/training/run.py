@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from ctran.config import Config, config_from_dict, save_config
@@ -93,6 +94,7 @@ def train_run(config: Config, out_dir: str | Path, resume: bool = False, progres
     try:
         datasets = build_datasets(config)
         num_labels = len(datasets["train"].label_names)
+        torch.manual_seed(config.seed)  # the same initial weights on every process and every run
         model = build_from_config(model_config(config, num_labels))
         if ctx.is_main:
             out_dir.mkdir(parents=True, exist_ok=True)
