@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
+from ctran.files import atomic_write_bytes
 from ctran.metrics import METRIC_KEYS
 
 
@@ -14,11 +13,8 @@ def write_json(path: str | Path, data: object) -> Path:
     """Pretty JSON, written atomically so a reader never sees half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(data, handle, indent=2)
-        handle.write("\n")
-    os.replace(tmp, path)
+    text = json.dumps(data, indent=2) + "\n"  # serialise first: a TypeError leaves no file behind
+    atomic_write_bytes(path, text.encode())
     return path
 
 

@@ -10,10 +10,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from ctran.cli import demo, evaluate, train
+from ctran.cli import data, demo, evaluate, train
 from ctran.errors import CTranError
 
-COMMAND_MODULES = (demo, train, evaluate)
+COMMAND_MODULES = (demo, train, evaluate, data)
 
 
 def build_parser() -> argparse.ArgumentParser:

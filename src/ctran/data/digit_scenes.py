@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from ctran.data.base import LabeledImages, Sample, normalize
+from ctran.errors import CTranError
 
 CONTEXTS = ("kitchen", "street", "beach", "office")
 TAGS = ("food", "cooking", "traffic", "sea", "sun", "work")
@@ -176,8 +177,12 @@ _TAGS = tag_table()
 def generate_split(split: str, seed: int = 0, size: int | None = None) -> DigitScenes:
     """Generate one split deterministically from (seed, split); ``size`` overrides the standard size."""
     if split not in SPLIT_SIZES:
-        raise ValueError(f"unknown split {split!r}; expected one of {', '.join(SPLIT_SIZES)}")
+        raise CTranError(f"unknown digits split {split!r}; expected one of {', '.join(SPLIT_SIZES)}")
+    if seed < 0:
+        raise CTranError(f"the digits seed must be a non-negative integer, got {seed}")
     n = SPLIT_SIZES[split] if size is None else size
+    if n < 1:
+        raise CTranError(f"the number of {split} scenes must be positive, got {n}")
     pool = source_pools(seed)[split]
     by_class = [np.flatnonzero(pool[1] == d) for d in range(10)]
     rng = np.random.default_rng([seed, list(SPLIT_SIZES).index(split)])

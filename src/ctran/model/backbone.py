@@ -9,6 +9,7 @@ Two kinds share this interface (a ``num_channels`` attribute and ``forward(image
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 
 import torch
@@ -75,30 +76,53 @@ def _create_timm_model(name: str, pretrained: bool, weights_file: str | Path | N
     import timm
 
     if not timm.is_model(name):
-        close = timm.list_models(f"*{name.split('_')[0]}*")[:8]
+        close = difflib.get_close_matches(name, timm.list_models(), n=8, cutoff=0.6)
         raise CTranError(f"unknown backbone {name!r}; similar timm models: {', '.join(close) or 'none'}")
     options: dict = {"num_classes": 0, "global_pool": ""}
-    if weights_file is not None:
-        path = Path(weights_file)
-        if not path.is_file():
-            raise CTranError(
-                f"backbone weights file not found: {path} (expected a .pth or .safetensors state dict)"
-            )
-        options["pretrained_cfg_overlay"] = {"file": str(path)}
-        pretrained = True
     try:
-        return timm.create_model(name, pretrained=pretrained, **options)
-    except (OSError, RuntimeError, ValueError) as err:
         if weights_file is not None:
-            raise CTranError(
-                f"could not load backbone weights from {weights_file} into {name}: {err}"
-            ) from err
+            model = timm.create_model(name, pretrained=False, **options)
+            _load_local_weights(model, name, Path(weights_file))
+            return model
+        return timm.create_model(name, pretrained=pretrained, **options)
+    except CTranError:
+        raise
+    except (OSError, RuntimeError, ValueError) as err:
+        if not pretrained:
+            raise CTranError(f"cannot build timm model {name!r}: {type(err).__name__}: {err}") from err
         raise CTranError(
-            f"could not fetch pretrained weights for {name!r} ({type(err).__name__}). Either let timm download "
-            "them (this machine needs internet access to the Hugging Face hub), or pass a local .pth or "
-            ".safetensors state dict with --backbone-weights FILE (model.backbone_weights=FILE in a config), "
-            "or train from scratch with model.pretrained=false"
+            f"could not fetch pretrained weights for {name!r} ({type(err).__name__}). Either let timm "
+            "download them (this machine needs internet access to the Hugging Face hub), or pass a local "
+            ".pth or .safetensors state dict with --backbone-weights FILE (model.backbone_weights=FILE in a "
+            "config), or train from scratch with model.pretrained=false"
         ) from err
+    except AssertionError as err:  # timm asserts on options some architectures do not support
+        raise CTranError(f"timm model {name!r} cannot be used as a backbone here: {err}") from err
+
+
+def _load_local_weights(model: nn.Module, name: str, path: Path) -> None:
+    """Load a .pth/.safetensors state dict (timm unwraps ``state_dict``/``model`` and strips ``module.``).
+
+    Keys the headless model lacks (the classifier) are ignored; any of its own weights missing from the file
+    is an error, so a file for another architecture never leaves a silently random backbone.
+    """
+    from timm.models import load_state_dict
+
+    if not path.is_file():
+        raise CTranError(
+            f"backbone weights file not found: {path} (expected a .pth or .safetensors state dict)"
+        )
+    try:
+        state = load_state_dict(str(path), use_ema=False)
+        result = model.load_state_dict(state, strict=False)
+    except (OSError, RuntimeError, ValueError, KeyError) as err:
+        raise CTranError(f"cannot load backbone weights {path} into {name}: {err}") from err
+    if result.missing_keys:
+        shown = ", ".join(result.missing_keys[:5])
+        raise CTranError(
+            f"{path} does not hold {name} weights: {len(result.missing_keys)} of the model's tensors are "
+            f"missing from it (e.g. {shown})"
+        )
 
 
 def build_backbone(

@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from ctran.errors import CTranError
 from ctran.metrics import multilabel_metrics
 from ctran.states import UNKNOWN
 from ctran.training.distributed import DistContext, gather_objects
@@ -78,9 +79,9 @@ def collect_scores(
                 parts[setting].append(
                     (logits.float().sigmoid().cpu(), targets.cpu(), scored.cpu(), torch.as_tensor(indices))
                 )
-    return {
-        s: tuple(torch.cat(column) for column in zip(*chunks, strict=True)) for s, chunks in parts.items()
-    }
+    if not any(parts.values()):
+        raise CTranError("no images to evaluate: the dataset is empty or every image was unreadable")
+    return {s: tuple(torch.cat(col) for col in zip(*chunks, strict=True)) for s, chunks in parts.items()}
 
 
 def merge_shards(parts: list[tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, ...]:

@@ -1,0 +1,162 @@
+"""``ctran data check`` and ``ctran data stats``: validate and describe a dataset without training."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import warnings
+from pathlib import Path
+
+from ctran.data.registry import FORMATS
+from ctran.errors import CTranError
+
+
+def add_dataset_arguments(parser: argparse.ArgumentParser, split_help: str) -> None:
+    """``--format/--root/--split/--option``, shared with any command that reads a dataset."""
+    parser.add_argument("--format", required=True, choices=FORMATS, help="dataset format")
+    parser.add_argument("--root", type=Path, default=None, help="dataset folder (or file, for csv/jsonl)")
+    parser.add_argument("--split", default=None, help=split_help)
+    parser.add_argument(
+        "--option",
+        "-o",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="format option, repeatable: voc difficult=ignore|negative|positive, year=2007; coco year=2014; "
+        "vg500 names=FILE; cub source=auto|cbm|raw, attributes=class|instance; openimages classes=FILE; "
+        "csv/jsonl vocabulary=FILE, extra_vocabulary=FILE, unlisted=negative|unknown; digits size=N",
+    )
+
+
+def dataset_options(pairs: list[str]) -> dict[str, str]:
+    """``["difficult=negative"]`` -> ``{"difficult": "negative"}``."""
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise CTranError(f"--option expects KEY=VALUE, got {pair!r}")
+        options[key.strip()] = value.strip()
+    return options
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    group = commands.add_parser(
+        "data",
+        help="check a dataset or plot its label statistics",
+        description="Validate and describe a dataset in any supported format without training.",
+    )
+    actions = group.add_subparsers(dest="action", required=True, metavar="ACTION")
+    check = actions.add_parser(
+        "check",
+        help="count images and labels, find missing and unreadable files",
+        description="Read the annotations of one split, count images, labels per image and positives per "
+        "label, list missing and unreadable image files and labels that are never positive; print a table "
+        "and optionally write JSON. Exit code 2 for a missing folder or malformed annotation file.",
+    )
+    add_dataset_arguments(check, "split, as the publisher names it (default: the training split)")
+    check.add_argument("--json", type=Path, default=None, help="write the report as JSON here")
+    check.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="decoding threads")
+    check.add_argument("--no-decode", action="store_true", help="only check that image files exist")
+    check.add_argument("--strict", action="store_true", help="exit 1 if any image is missing or unreadable")
+    check.add_argument("--quiet", action="store_true", help="no progress bar")
+    check.set_defaults(run=_run_check)
+    stats = actions.add_parser(
+        "stats",
+        help="plot label frequencies and label co-occurrence",
+        description="Write label_frequency.png (positives per label), cooccurrence.png (P(B | A) for the "
+        "most frequent labels) and stats.json (counts and the co-occurrence matrix) to --out.",
+    )
+    add_dataset_arguments(stats, "split, as the publisher names it (default: the training split)")
+    stats.add_argument("--out", type=Path, required=True, help="output folder")
+    stats.add_argument(
+        "--top", type=int, default=100, help="labels to plot, most frequent first (default: 100)"
+    )
+    stats.set_defaults(run=_run_stats)
+
+
+def _open(args: argparse.Namespace):
+    """The split to inspect; missing files are reported by the command, not warned about."""
+    from ctran.data.registry import build_dataset, default_split
+
+    split = args.split or default_split(args.format, "train")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return split, build_dataset(args.format, args.root, split, **dataset_options(args.option))
+
+
+def _run_check(args: argparse.Namespace) -> int:
+    from ctran.data.inspection import dataset_report, verify_images
+    from ctran.report import write_json
+
+    split, dataset = _open(args)
+    unreadable = {} if args.no_decode else verify_images(dataset, args.workers, progress=not args.quiet)
+    report = {
+        "format": args.format,
+        "root": str(args.root) if args.root else None,
+        "split": split,
+        **dataset_report(dataset, unreadable),
+    }
+    print(check_table(report))
+    if args.json:
+        write_json(args.json, report)
+    problems = report["missing_files"] or report["unreadable_files"]
+    return 1 if args.strict and problems else 0
+
+
+def check_table(report: dict) -> str:
+    """The human-readable side of the check report: one Markdown table, then the notes."""
+    per_image = report["labels_per_image"]
+    counts = sorted(report["label_counts"].items(), key=lambda item: -item[1])
+    never = report["labels_never_positive"]
+    rows = [
+        ("images", report["images"]),
+        ("labels", report["labels"]),
+        ("positive labels per image (mean / median / max)", _spread(per_image)),
+        ("images with no positive label", report["images_without_positive"]),
+        ("not-annotated (image, label) entries", report["not_annotated_entries"]),
+        ("most frequent labels", ", ".join(f"{name} ({count})" for name, count in counts[:5])),
+        ("least frequent labels", ", ".join(f"{name} ({count})" for name, count in counts[-5:][::-1])),
+        ("labels never positive", f"{len(never)}: {', '.join(never[:10])}" if never else "none"),
+        ("missing image files", len(report["missing_files"])),
+        ("unreadable image files", len(report["unreadable_files"])),
+    ]
+    if "extras" in report:
+        extras = report["extras"]
+        groups = f" in {extras['groups']} groups" if extras["groups"] else ""
+        rows.insert(2, ("extra labels", f"{extras['labels']}{groups}"))
+    lines = [f"| {report['format']} {report['split']} | |", "|---|---:|"]
+    lines += [f"| {name} | {value} |" for name, value in rows]
+    lines += [f"- {note}" for note in report["notes"]]
+    lines += [f"- missing: {path}" for path in report["missing_files"][:5]]
+    lines += [
+        f"- unreadable: {path}: {reason}" for path, reason in list(report["unreadable_reasons"].items())[:5]
+    ]
+    return "\n".join(lines)
+
+
+def _spread(stats: dict) -> str:
+    return f"{stats['mean']:.2f} / {stats['median']:g} / {stats['max']}"
+
+
+def _run_stats(args: argparse.Namespace) -> int:
+    from ctran.cli.args import positive
+    from ctran.data import inspection
+    from ctran.report import write_json
+
+    top = positive(args.top, "--top")
+    split, dataset = _open(args)
+    names = list(dataset.target_names)
+    summary = inspection.label_summary(dataset.target_table, tuple(names))
+    counts = dataset.target_table.counts(1)
+    chosen = inspection.top_labels(counts, top)
+    chosen_names = [names[i] for i in chosen]
+    matrix = inspection.cooccurrence(dataset.target_table, chosen)
+    args.out.mkdir(parents=True, exist_ok=True)
+    title = f"{args.format} {split}: {len(dataset)} images"
+    inspection.plot_label_frequency(chosen_names, counts[chosen], args.out / "label_frequency.png", title)
+    inspection.plot_cooccurrence(chosen_names, matrix, args.out / "cooccurrence.png", title)
+    stats = {"format": args.format, "split": split, "images": len(dataset), **summary}
+    stats["cooccurrence"] = {"labels": chosen_names, "counts": matrix.tolist()}
+    write_json(args.out / "stats.json", stats)
+    print(f"wrote {args.out}/label_frequency.png, cooccurrence.png, stats.json ({len(chosen_names)} labels)")
+    return 0

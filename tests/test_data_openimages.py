@@ -1,0 +1,125 @@
+"""Open Images reader: human-verified labels in three states, stored sparsely."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+import ctran
+from ctran.data import openimages
+from ctran.data.images import SparseLabels, collate_samples
+from ctran.data.registry import build_dataset
+from ctran.errors import CTranError
+from ctran.training.evaluation import Setting, collect_scores, input_states
+
+DESCRIPTIONS = 'LabelName,DisplayName\n/m/01,Cat\n/m/02,Dog\n/m/03,"Table, dining"\n/m/04,Cat\n/m/05,Bus\n'
+LABELS = """ImageID,Source,LabelName,Confidence
+000a1,verification,/m/01,1
+000a1,verification,/m/02,0
+000a1,crowdsource-verification,/m/02,1
+000a1,verification,/m/05,1
+000b2,verification,/m/03,0
+000c3,verification,/m/05,0
+000d4,verification,/m/04,1
+000d4,verification,/m/01,0
+"""
+
+
+def make_openimages(root: Path) -> Path:
+    (root / "validation").mkdir(parents=True)
+    for image_id in ("000a1", "000b2", "000c3", "000d4"):
+        Image.new("RGB", (40, 32), (10, 120, 240)).save(root / "validation" / f"{image_id}.jpg")
+    (root / "oidv6-class-descriptions.csv").write_text(DESCRIPTIONS)
+    (root / "oidv6-classes-trainable.txt").write_text("/m/01\n/m/02\n/m/03\n/m/04\n")  # /m/05 not trainable
+    (root / "validation-annotations-human-imagelabels.csv").write_text(LABELS)
+    return root
+
+
+def test_three_states_sparse_storage_and_vocabulary(tmp_path: Path) -> None:
+    dataset = openimages.load(make_openimages(tmp_path), "validation")
+    assert dataset.target_names == (
+        "Cat (/m/01)",
+        "Dog",
+        "Table, dining",
+        "Cat (/m/04)",
+    )  # shared names get MIDs
+    assert [dataset.image_id(i) for i in range(len(dataset))] == [
+        "000a1",
+        "000b2",
+        "000d4",
+    ]  # 000c3: no class left
+    assert isinstance(dataset.target_table, SparseLabels) and dataset.target_table.values.dtype == np.int8
+    expected = [[1, 1, -1, -1], [-1, -1, 0, -1], [0, -1, -1, 1]]  # Dog: the positive of two verdicts wins
+    np.testing.assert_array_equal(dataset.targets_matrix(), expected)
+    assert dataset.target_table.values.size == 5  # only annotated pairs are stored
+    assert any(
+        "2 label rows of classes outside the vocabulary were skipped" in note for note in dataset.notes
+    )
+    assert dataset[2].targets.tolist() == [0, -1, -1, 1] and dataset.path(0).name == "000a1.jpg"
+
+
+def test_absent_labels_are_never_revealed_nor_scored(tmp_path: Path) -> None:
+    dataset = build_dataset(
+        "openimages", make_openimages(tmp_path), "validation", image_size=32, scale_size=None
+    )
+    loader = DataLoader(dataset, batch_size=3, collate_fn=collate_samples)
+    truth = torch.as_tensor(dataset.targets_matrix(), dtype=torch.long)
+    states = input_states(Setting(known_fraction=0.75), truth, truth[:, :0], torch.arange(3), seed=0)
+    assert ((states != -1) <= (truth != -1)).all()  # only annotated entries are ever revealed
+    torch.manual_seed(0)
+    model = ctran.build_model(4, backbone="small_cnn", dim=32, layers=1, heads=2)
+    scores = collect_scores(model, loader, [Setting(), Setting(known_fraction=0.5)], seed=0)
+    for setting, (_, scored_truth, scored, *_) in scores.items():
+        assert torch.equal(scored_truth, truth)
+        assert not scored[truth == -1].any(), setting  # absent -> not annotated -> never scored
+    assert torch.equal(scores[Setting()][2], truth != -1)
+
+
+def test_other_vocabularies_and_file_names(tmp_path: Path) -> None:
+    root = make_openimages(tmp_path)
+    (root / "oidv6-classes-trainable.txt").unlink()
+    (root / "validation-annotations-human-imagelabels.csv").rename(
+        root / "oidv7-val-annotations-human-imagelabels.csv"
+    )
+    dataset = openimages.load(root, "validation")  # vocabulary: every described class
+    assert len(dataset.target_names) == 5 and len(dataset) == 4
+    classes = tmp_path / "mine.txt"
+    classes.write_text("/m/05\n")
+    assert openimages.load(root, "validation", classes=str(classes)).targets_matrix().tolist() == [[1], [0]]
+
+
+def test_malformed_rows_and_missing_files(tmp_path: Path) -> None:
+    root = make_openimages(tmp_path)
+    path = root / "validation-annotations-human-imagelabels.csv"
+    path.write_text(LABELS.replace("000b2,verification,/m/03,0", "000b2,verification,/m/03,0.7"))
+    with pytest.raises(CTranError, match=r"imagelabels\.csv line 6: Confidence must be 0 or 1, got '0\.7'"):
+        openimages.load(root, "validation")
+    path.write_text("ImageID,Label,Confidence\n000a1,/m/01,1\n")
+    with pytest.raises(
+        CTranError, match=r"imagelabels\.csv line 1: expected a header with ImageID,LabelName"
+    ):
+        openimages.load(root, "validation")
+    with pytest.raises(CTranError, match=r"no test human-verified image labels file .* expected layout"):
+        openimages.load(root, "test")
+    (root / "oidv6-class-descriptions.csv").unlink()
+    with pytest.raises(CTranError, match=r"no class descriptions file \(oidv7-class-descriptions\.csv or"):
+        openimages.load(root, "validation")
+
+
+def test_sparse_and_dense_tables_agree() -> None:
+    rng = np.random.default_rng(0)
+    dense = rng.integers(-1, 2, size=(50, 7)).astype(np.int8)
+    rows, cols = np.nonzero(dense != -1)
+    sparse = SparseLabels.from_entries(rows[::-1], cols[::-1], dense[rows, cols][::-1], 50, 7)
+    np.testing.assert_array_equal(sparse.dense(), dense)
+    pick = np.array([3, 0, 49, 3])
+    np.testing.assert_array_equal(sparse.take(pick).dense(), dense[pick])
+    np.testing.assert_array_equal(sparse.rows(10, 20, np.array([6, 1])), dense[10:20][:, [6, 1]])
+    for value in (-1, 0, 1):
+        np.testing.assert_array_equal(sparse.counts(value), (dense == value).sum(axis=0))
+        np.testing.assert_array_equal(sparse.per_image(value), (dense == value).sum(axis=1))

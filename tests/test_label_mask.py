@@ -1,0 +1,290 @@
+"""Label Mask Training states, the deterministic evaluation known-sets, and the masked BCE loss."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from scipy.stats import chisquare
+
+from ctran.states import UNKNOWN
+from ctran.training.label_mask import evaluation_states, sample_training_states, scored_mask
+from ctran.training.losses import asl_terms, bce_terms
+
+
+def _truth(rows: int, labels: int, seed: int = 0, unannotated: float = 0.0) -> torch.Tensor:
+    """Random ground truth in {0, 1}, with a fraction of entries set to -1 (not annotated)."""
+    g = torch.Generator().manual_seed(seed)
+    truth = (torch.rand(rows, labels, generator=g) < 0.3).long()
+    if unannotated:
+        truth[torch.rand(rows, labels, generator=g) < unannotated] = UNKNOWN
+    return truth
+
+
+# ---------------------------------------------------------------------------------------------- training
+
+
+def _sample(truth: torch.Tensor, seed: int = 0, epoch: int = 0, fraction: float = 0.75, indices=None):
+    indices = torch.arange(len(truth)) if indices is None else indices
+    return sample_training_states(truth, indices, seed, epoch, fraction)
+
+
+def test_training_states_reveal_truth_or_nothing():
+    truth = _truth(500, 20, unannotated=0.3)
+    states = _sample(truth)
+    assert states.shape == truth.shape and states.dtype == truth.dtype
+    revealed = states != UNKNOWN
+    assert revealed.any()
+    assert torch.equal(states[revealed], truth[revealed])
+    assert (states[truth == UNKNOWN] == UNKNOWN).all()  # unannotated labels are never revealed
+
+
+def test_training_states_reveal_only_annotated_even_when_few_are():
+    truth = torch.full((2000, 10), UNKNOWN)
+    truth[:, 3] = 1
+    truth[:, 7] = 0
+    states = _sample(truth, seed=1)
+    known = states != UNKNOWN
+    assert known[:, [0, 1, 2, 4, 5, 6, 8, 9]].sum() == 0
+    assert (known.sum(1) <= 2).all()
+    # k ~ U{0..7} capped at 2 annotated labels: P(k = 0) = 1/8, P(k = 1) = 1/8, P(k >= 2) = 6/8.
+    freq = torch.bincount(known.sum(1), minlength=3).double() / len(truth)
+    np.testing.assert_allclose(freq.numpy(), [1 / 8, 1 / 8, 6 / 8], atol=0.04)
+
+
+def test_training_states_statistics():
+    rows, labels = 20_000, 20
+    truth = _truth(rows, labels, seed=3)
+    states = _sample(truth, seed=4)
+    known = states != UNKNOWN
+    max_known = math.floor(0.75 * labels)  # 15
+
+    # Number known per image is uniform over 0..floor(0.75 L).
+    counts = torch.bincount(known.sum(1), minlength=labels + 1).numpy()
+    assert counts[max_known + 1 :].sum() == 0
+    per_value = counts[: max_known + 1]
+    assert (per_value > 0).all()
+    assert chisquare(per_value).pvalue > 1e-4
+    expected = rows / (max_known + 1)
+    assert np.abs(per_value - expected).max() < 0.1 * expected
+
+    # Every label is revealed equally often.
+    per_label = known.sum(0).numpy()
+    assert chisquare(per_label).pvalue > 1e-4
+    np.testing.assert_allclose(per_label / rows, max_known / 2 / labels, rtol=0.05)
+
+    # The known set is uniform over labels, so positives are revealed at their base rate.
+    positive_rate = (states == 1).sum() / known.sum()
+    assert abs(float(positive_rate) - float((truth == 1).double().mean())) < 0.01
+
+
+def test_training_states_max_fraction_zero_reveals_nothing():
+    states = _sample(_truth(100, 8), fraction=0.0)
+    assert (states == UNKNOWN).all()
+
+
+def test_training_states_are_reproducible_and_vary_with_seed_and_epoch():
+    truth = _truth(64, 12, unannotated=0.1)
+    a = _sample(truth, seed=7, epoch=2)
+    assert torch.equal(a, _sample(truth, seed=7, epoch=2))
+    assert not torch.equal(a, _sample(truth, seed=8, epoch=2))
+    assert not torch.equal(a, _sample(truth, seed=7, epoch=3))
+    assert not torch.equal(a, _sample(truth, seed=7, epoch=2, indices=torch.arange(64, 128)))
+
+
+def test_training_states_do_not_depend_on_batch_composition():
+    """Each image's draw depends only on (seed, epoch, index): split or shuffled batches agree."""
+    n = 30
+    truth = _truth(n, 12, seed=9, unannotated=0.2)
+    indices = torch.arange(500, 500 + n)
+    full = _sample(truth, seed=1, epoch=4, indices=indices)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(0))
+    rebuilt = torch.empty_like(full)
+    for chunk in torch.split(order, [11, 1, 18]):
+        rebuilt[chunk] = _sample(truth[chunk], seed=1, epoch=4, indices=indices[chunk].tolist())
+    assert torch.equal(rebuilt, full)
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+
+
+@pytest.mark.parametrize(
+    ("fraction", "labels", "count"), [(0.25, 16, 4), (0.5, 16, 8), (0.75, 16, 12), (0.3, 20, 6)]
+)
+def test_evaluation_states_reveal_exact_count(fraction, labels, count):
+    truth = _truth(50, labels, seed=1)
+    states = evaluation_states(truth, torch.arange(50), fraction, seed=0)
+    known = states != UNKNOWN
+    assert (known.sum(1) == count).all()
+    assert int(fraction * labels) == count
+    assert torch.equal(states[known], truth[known])
+
+
+def test_evaluation_states_never_reveal_unannotated():
+    truth = _truth(200, 16, seed=2, unannotated=0.6)
+    states = evaluation_states(truth, list(range(200)), 0.5, seed=0)
+    known = states != UNKNOWN
+    assert (states[truth == UNKNOWN] == UNKNOWN).all()
+    assert torch.equal(states[known], truth[known])
+    annotated = (truth != UNKNOWN).sum(1)
+    assert torch.equal(known.sum(1), annotated.clamp(max=8))
+    # A row with nothing annotated gets nothing.
+    empty = torch.full((1, 16), UNKNOWN)
+    assert (evaluation_states(empty, [0], 0.5, seed=0) == UNKNOWN).all()
+
+
+def test_evaluation_states_depend_only_on_seed_and_index():
+    n = 40
+    truth = _truth(n, 16, seed=5)
+    indices = torch.arange(100, 100 + n)
+    full = evaluation_states(truth, indices, 0.5, seed=3)
+
+    # Recompute in shuffled batches of uneven sizes: every row must get the same known set.
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(0))
+    rebuilt = torch.empty_like(full)
+    for chunk in torch.split(order, [7, 13, 1, 19]):
+        rebuilt[chunk] = evaluation_states(truth[chunk], indices[chunk], 0.5, seed=3)
+    assert torch.equal(rebuilt, full)
+
+    # A row's known set follows its index, not its position in the batch.
+    alone = evaluation_states(truth[5:6], indices[5:6], 0.5, seed=3)
+    assert torch.equal(alone, full[5:6])
+
+
+def test_evaluation_states_differ_across_seeds_and_indices():
+    truth = _truth(40, 16, seed=6)
+    a = evaluation_states(truth, torch.arange(40), 0.5, seed=0)
+    b = evaluation_states(truth, torch.arange(40), 0.5, seed=1)
+    c = evaluation_states(truth, torch.arange(40, 80), 0.5, seed=0)
+    assert not torch.equal(a != UNKNOWN, b != UNKNOWN)
+    assert not torch.equal(a != UNKNOWN, c != UNKNOWN)
+    # Same seed and indices: same result on every call.
+    assert torch.equal(a, evaluation_states(truth, torch.arange(40), 0.5, seed=0))
+
+
+def test_evaluation_states_cover_labels_evenly():
+    truth = _truth(4000, 16, seed=7)
+    known = evaluation_states(truth, torch.arange(4000), 0.25, seed=0) != UNKNOWN
+    per_label = known.sum(0).numpy()
+    assert chisquare(per_label).pvalue > 1e-4
+
+
+def test_evaluation_states_fraction_zero_reveals_nothing():
+    truth = _truth(10, 16)
+    states = evaluation_states(truth, torch.arange(10), 0.0, seed=0)
+    assert (states == UNKNOWN).all()
+    assert states.shape == truth.shape
+
+
+# ---------------------------------------------------------------------------------------------- loss
+
+
+def _loss_problem(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    truth = torch.randint(-1, 2, (8, 6), generator=g)
+    inputs = _sample(truth, seed=seed)
+    logits = torch.randn(8, 6, generator=g, dtype=torch.float64) * 3
+    return logits, truth, inputs
+
+
+def _mean(terms: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    total, count = terms
+    return total / count.clamp(min=1)
+
+
+def test_scored_mask():
+    truth = torch.tensor([[1, 0, -1, 1], [0, -1, 1, 0]])
+    inputs = torch.tensor([[-1, 0, -1, -1], [-1, -1, 1, -1]])
+    expected = torch.tensor([[True, False, False, True], [True, False, False, True]])
+    assert torch.equal(scored_mask(truth, inputs), expected)
+
+
+def test_bce_terms_equal_manual_sum_and_count():
+    logits, truth, inputs = _loss_problem()
+    scored = (truth != UNKNOWN) & (inputs == UNKNOWN)
+    assert 0 < scored.sum() < scored.numel()
+    p = torch.sigmoid(logits[scored])
+    y = truth[scored].double()
+    manual = -(y * torch.log(p) + (1 - y) * torch.log(1 - p))
+    total, count = bce_terms(logits, truth, inputs)
+    assert total.dim() == 0 and count.dim() == 0
+    assert float(count) == int(scored.sum())
+    torch.testing.assert_close(total, manual.sum(), atol=1e-10, rtol=1e-10)
+    reference = F.binary_cross_entropy_with_logits(logits[scored], y)  # the masked mean
+    torch.testing.assert_close(_mean((total, count)), reference, atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("terms", [bce_terms, asl_terms])
+def test_loss_ignores_revealed_and_unannotated_entries(terms):
+    logits, truth, inputs = _loss_problem(1)
+    scored = scored_mask(truth, inputs)
+    total, count = terms(logits, truth, inputs)
+    perturbed = logits.clone()
+    perturbed[~scored] += torch.randn(int((~scored).sum()), dtype=torch.float64) * 50
+    total2, count2 = terms(perturbed, truth, inputs)
+    torch.testing.assert_close(total2, total, atol=1e-12, rtol=0)
+    assert float(count2) == float(count)
+    # ... whereas a scored entry does count.
+    moved = logits.clone()
+    row, col = scored.nonzero()[0].tolist()
+    moved[row, col] += 5.0
+    assert abs(float(terms(moved, truth, inputs)[0] - total)) > 1e-3
+
+
+@pytest.mark.parametrize("terms", [bce_terms, asl_terms])
+def test_loss_gradient_only_on_scored_entries(terms):
+    logits, truth, inputs = _loss_problem(2)
+    logits.requires_grad_(True)
+    _mean(terms(logits, truth, inputs)).backward()
+    scored = scored_mask(truth, inputs)
+    assert (logits.grad[~scored] == 0).all()
+    assert logits.grad[scored].abs().sum() > 0
+
+
+@pytest.mark.parametrize("terms", [bce_terms, asl_terms])
+def test_loss_is_zero_not_nan_when_nothing_is_scored(terms):
+    logits = torch.randn(4, 5, requires_grad=True)
+    truth = torch.randint(0, 2, (4, 5))
+    total, count = terms(logits, truth, truth)  # everything revealed
+    assert total.item() == 0.0 and count.item() == 0.0
+    loss = _mean((total, count))
+    assert loss.item() == 0.0
+    unannotated = torch.full((4, 5), UNKNOWN)
+    assert _mean(terms(logits, unannotated, unannotated)).item() == 0.0
+    loss.backward()
+    assert torch.isfinite(logits.grad).all() and (logits.grad == 0).all()
+
+
+def test_bce_terms_sum_over_split_batches():
+    """Sums and counts add up across micro-batches, so the mean does not depend on how a batch is split."""
+    logits, truth, inputs = _loss_problem(3)
+    whole = _mean(bce_terms(logits, truth, inputs))
+    parts = [bce_terms(logits[i : i + 3], truth[i : i + 3], inputs[i : i + 3]) for i in range(0, 8, 3)]
+    split = sum(t for t, _ in parts) / sum(c for _, c in parts)
+    torch.testing.assert_close(split, whole, atol=1e-12, rtol=1e-12)
+
+
+def test_asl_without_focusing_or_clipping_is_bce():
+    logits, truth, inputs = _loss_problem(4)
+    asl = asl_terms(logits, truth, inputs, gamma_neg=0.0, gamma_pos=0.0, clip=0.0)
+    bce = bce_terms(logits, truth, inputs)
+    torch.testing.assert_close(asl[0], bce[0], atol=1e-6, rtol=1e-6)
+    assert float(asl[1]) == float(bce[1])
+
+
+def test_asl_discards_very_easy_negatives_and_downweights_easy_ones():
+    truth = torch.tensor([[0, 0, 1]])
+    inputs = torch.full_like(truth, UNKNOWN)
+    easy = torch.tensor([[-4.0, -1.0, 2.0]], dtype=torch.float64)  # sigmoid(-4) = 0.018 < clip 0.05
+    total, count = asl_terms(easy[:, :1], truth[:, :1], inputs[:, :1])
+    assert total.item() == 0.0 and count.item() == 1.0
+    # A moderately easy negative costs less than under BCE (focusing), a positive the same (gamma_pos 0).
+    asl_neg = asl_terms(easy[:, 1:2], truth[:, 1:2], inputs[:, 1:2])[0]
+    bce_neg = bce_terms(easy[:, 1:2], truth[:, 1:2], inputs[:, 1:2])[0]
+    assert 0 < asl_neg < 0.5 * bce_neg
+    asl_pos = asl_terms(easy[:, 2:], truth[:, 2:], inputs[:, 2:])[0]
+    bce_pos = bce_terms(easy[:, 2:], truth[:, 2:], inputs[:, 2:])[0]
+    torch.testing.assert_close(asl_pos, bce_pos, atol=1e-6, rtol=1e-6)

@@ -1,0 +1,421 @@
+"""C-Tran and the pooled-CNN baseline: shapes, attention, readout, embeddings, backbones, configs."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import ctran
+from ctran.errors import CTranError
+from ctran.model import CTran, Output, PooledLinear, build_from_config
+from ctran.model.position_encoding import PositionEmbeddingSine
+from ctran.model.readout import PerLabelLinear
+from ctran.states import NEGATIVE, POSITIVE, UNKNOWN, unknown_states
+
+NUM_LABELS = 6
+DIM = 32
+HEADS = 4
+LAYERS = 2
+
+
+def _small(seed: int = 0, **options) -> CTran:
+    torch.manual_seed(seed)
+    kwargs = {"backbone": "small_cnn", "layers": LAYERS, "heads": HEADS, "dim": DIM, "pretrained": False}
+    kwargs.update(options)
+    return ctran.build_model(NUM_LABELS, **kwargs)
+
+
+def _images(batch: int = 2, size: int = 48, seed: int = 1) -> torch.Tensor:
+    return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def _states(batch: int, num_labels: int = NUM_LABELS, seed: int = 2) -> torch.Tensor:
+    return torch.randint(-1, 2, (batch, num_labels), generator=torch.Generator().manual_seed(seed))
+
+
+# ---------------------------------------------------------------------------------------------- shapes
+
+
+def test_small_cnn_48_gives_36_tokens_and_logits_shape():
+    model = _small().eval()
+    images = _images(3)
+    with torch.no_grad():
+        tokens = model.encode(images)
+        logits = model(images, unknown_states(3, NUM_LABELS))
+    assert tokens.shape == (3, 36, DIM)
+    assert logits.shape == (3, NUM_LABELS)
+    assert torch.isfinite(logits).all()
+
+
+def test_forward_equals_decode_of_encode():
+    model = _small().eval()
+    images, states = _images(2), _states(2)
+    with torch.no_grad():
+        fused = model(images, states)
+        split = model.decode(model.encode(images), states)
+    torch.testing.assert_close(fused, split, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("inference_mode", [False, True])
+def test_return_attention_matches_fused_path(inference_mode):
+    """Asking for attention must not change the logits (native fast path vs explicit weights)."""
+    model = _small().eval()
+    images, states = _images(2), _states(2)
+    context = torch.inference_mode() if inference_mode else torch.no_grad()
+    with context:
+        fused = model(images, states)
+        out = model(images, states, return_attention=True)
+    assert isinstance(out, Output)
+    assert out.logits.shape == (2, NUM_LABELS)
+    torch.testing.assert_close(out.logits, fused, atol=1e-5, rtol=0)
+    assert len(out.attentions) == LAYERS
+    n = 36 + NUM_LABELS
+    for attention in out.attentions:
+        assert attention.shape == (2, HEADS, n, n)
+        assert (attention >= 0).all()
+        torch.testing.assert_close(attention.sum(-1), torch.ones(2, HEADS, n), atol=1e-5, rtol=0)
+
+
+def test_decode_return_attention_and_plain_decode_agree():
+    model = _small().eval()
+    with torch.no_grad():
+        tokens = model.encode(_images(2))
+        states = _states(2)
+        out = model.decode(tokens, states, return_attention=True)
+        plain = model.decode(tokens, states)
+    assert isinstance(plain, torch.Tensor)
+    torch.testing.assert_close(out.logits, plain, atol=1e-5, rtol=0)
+
+
+def test_decode_rejects_malformed_states():
+    model = _small().eval()
+    with torch.no_grad():
+        tokens = model.encode(_images(2))
+        with pytest.raises(ValueError):
+            model.decode(tokens, unknown_states(2, NUM_LABELS + 1))
+        with pytest.raises(ValueError):
+            model.decode(tokens, torch.full((2, NUM_LABELS), 2))
+
+
+def test_num_labels_must_be_positive():
+    with pytest.raises(ValueError):
+        ctran.build_model(0, backbone="small_cnn", dim=DIM)
+
+
+# ------------------------------------------------------------------------------------------ timm backbones
+
+
+def test_timm_resnet18_with_projection():
+    torch.manual_seed(0)
+    model = ctran.build_model(4, backbone="resnet18", layers=1, heads=4, dim=64, pretrained=False).eval()
+    assert model.backbone.num_channels == 512
+    assert isinstance(model.input_proj, nn.Conv2d)
+    assert model.input_proj.kernel_size == (1, 1)
+    assert (model.input_proj.in_channels, model.input_proj.out_channels) == (512, 64)
+    images = _images(2, size=64)
+    with torch.no_grad():
+        tokens = model.encode(images)
+        logits = model(images, _states(2, 4))
+    assert tokens.shape == (2, 4, 64)  # 64 / 32 = 2 -> 2 x 2 tokens
+    assert logits.shape == (2, 4)
+    assert torch.isfinite(logits).all()
+
+
+def test_timm_backbone_dim_equal_channels_has_identity_projection():
+    torch.manual_seed(0)
+    model = ctran.build_model(3, backbone="resnet18", layers=1, heads=4, dim=512, pretrained=False).eval()
+    assert isinstance(model.input_proj, nn.Identity)
+    with torch.no_grad():
+        logits = model(_images(1, size=64), unknown_states(1, 3))
+    assert logits.shape == (1, 3)
+
+
+def test_paper_defaults_resnet101():
+    model = ctran.build_model(80).eval()
+    assert model.backbone.num_channels == 2048
+    assert isinstance(model.input_proj, nn.Identity)
+    assert len(model.encoder.layers) == 3
+    layer = model.encoder.layers[0]
+    assert layer.self_attn.num_heads == 4
+    assert layer.linear1.out_features == 2048
+    assert layer.dropout.p == pytest.approx(0.1)
+    assert model.readout.weight.shape == (80, 2048)
+    with torch.no_grad():
+        features = model.backbone(torch.zeros(1, 3, 64, 64))
+    # Output stride 32: 64 -> 2, so 576 x 576 inputs give the paper's 18 x 18 = 324 image tokens.
+    assert features.shape == (1, 2048, 2, 2)
+    assert 576 // (64 // features.shape[-1]) == 18
+
+
+def test_unknown_timm_backbone_lists_similar_names():
+    with pytest.raises(CTranError, match="resnet_foo") as info:
+        ctran.build_model(3, backbone="resnet_foo", dim=64)
+    message = str(info.value)
+    assert "similar timm models" in message
+    listed = message.split("similar timm models:")[1]
+    assert "resnet" in listed
+
+
+def test_pretrained_without_internet_raises_clear_error(monkeypatch):
+    """This machine is offline: fetching weights must fail with a CTranError pointing at a local file.
+
+    Hub offline mode is switched on (instead of waiting ~50 s for the hub's network retries); nothing is
+    mocked: the failure is timm's real one.
+    """
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    hub_constants = pytest.importorskip("huggingface_hub.constants")
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True, raising=False)
+    try:
+        ctran.build_model(3, backbone="resnet18", dim=64, pretrained=True)
+    except CTranError as err:
+        message = str(err)
+        assert "resnet18" in message
+        assert "local" in message  # points at a local weights file ...
+        assert ".pth" in message or ".safetensors" in message
+        assert "pretrained" in message.lower()  # ... or at training from scratch
+    else:
+        pytest.skip("pretrained weights were available locally: nothing to check")
+
+
+def test_small_cnn_has_no_pretrained_weights():
+    with pytest.raises(CTranError, match="small_cnn"):
+        ctran.build_model(3, backbone="small_cnn", dim=DIM, pretrained=True)
+
+
+def test_local_backbone_weights_file_is_loaded(tmp_path):
+    import timm
+
+    source = timm.create_model("resnet18", num_classes=0, global_pool="")
+    path = tmp_path / "resnet18.pth"
+    torch.save(source.state_dict(), path)
+    torch.manual_seed(123)  # a different random init than ``source``
+    model = ctran.build_model(3, backbone="resnet18", dim=64, layers=1, backbone_weights=path)
+    loaded = model.backbone.body.state_dict()
+    expected = source.state_dict()
+    assert loaded.keys() == expected.keys()
+    for key, value in expected.items():
+        assert torch.equal(loaded[key], value), key
+
+
+def test_missing_backbone_weights_file(tmp_path):
+    missing = tmp_path / "nope.pth"
+    with pytest.raises(CTranError, match=r"nope\.pth"):
+        ctran.build_model(3, backbone="resnet18", dim=64, backbone_weights=missing)
+
+
+def test_backbone_weights_file_with_foreign_keys_is_rejected(tmp_path):
+    import timm
+
+    reference = timm.create_model("resnet18", num_classes=0, global_pool="")
+    prefixed = {f"module.{k}": v for k, v in reference.state_dict().items()}  # as saved under DataParallel
+    torch.save(prefixed, tmp_path / "prefixed.pth")
+    model = ctran.build_model(
+        3, backbone="resnet18", dim=64, layers=1, backbone_weights=tmp_path / "prefixed.pth"
+    )
+    for key, value in reference.state_dict().items():
+        torch.testing.assert_close(model.backbone.body.state_dict()[key], value)
+    torch.save({"foo": torch.zeros(3)}, tmp_path / "foreign.pth")
+    with pytest.raises(CTranError, match="does not hold resnet18 weights"):
+        ctran.build_model(3, backbone="resnet18", dim=64, layers=1, backbone_weights=tmp_path / "foreign.pth")
+
+
+# ---------------------------------------------------------------------------------------------- readout
+
+
+def test_per_label_linear_equals_loop_and_official_diagonal():
+    torch.manual_seed(0)
+    num_labels, dim = 7, 16
+    readout = PerLabelLinear(num_labels, dim)
+    h = torch.randn(5, num_labels, dim)
+    out = readout(h)
+    assert out.shape == (5, num_labels)
+
+    W, b = readout.weight, readout.bias
+    loop = torch.stack([h[:, label] @ W[label] + b[label] for label in range(num_labels)], dim=1)
+    torch.testing.assert_close(out, loop, atol=1e-6, rtol=0)
+
+    official = (F.linear(h, W, b) * torch.eye(num_labels)).sum(-1)  # (B, L, L) diagonal
+    torch.testing.assert_close(out, official, atol=1e-5, rtol=0)
+
+
+def test_per_label_linear_is_linear_layout_and_label_local():
+    """Parameters have nn.Linear(D, L)'s layout (O(L*D)); logit l depends only on token l."""
+    torch.manual_seed(0)
+    readout = PerLabelLinear(4, 8)
+    assert readout.weight.shape == (4, 8)
+    assert readout.bias.shape == (4,)
+    assert sum(p.numel() for p in readout.parameters()) == 4 * 8 + 4
+    linear = nn.Linear(8, 4)
+    readout.load_state_dict(linear.state_dict())  # official nn.Linear weights load unchanged
+    h = torch.randn(3, 4, 8)
+    changed = h.clone()
+    changed[:, 2] += 1.0
+    diff = (readout(changed) - readout(h)).abs()
+    assert diff[:, [0, 1, 3]].max() == 0
+    assert diff[:, 2].min() > 0
+
+
+# ---------------------------------------------------------------------------------------------- embeddings
+
+
+def test_embedding_initialisation_scale():
+    model = _small()
+    bound = 1 / math.sqrt(DIM)
+    label = model.label_embed.weight.detach()
+    state = model.state_embed.weight.detach()
+    assert label.shape == (NUM_LABELS, DIM)
+    assert state.shape == (3, DIM)
+    assert label.abs().max() <= bound + 1e-7
+    assert state.abs().max() <= bound + 1e-7
+    # On that scale, not vanishingly small (e.g. uniform, not zeros).
+    assert label.abs().max() > 0.5 * bound
+    assert state[1:].abs().max() > 0.5 * bound
+    assert torch.equal(state[0], torch.zeros(DIM))
+
+
+def test_unknown_state_row_gets_no_gradient():
+    model = _small().train()
+    states = torch.tensor([[UNKNOWN, NEGATIVE, POSITIVE, UNKNOWN, NEGATIVE, POSITIVE]] * 2)
+    logits = model(_images(2), states)
+    logits.pow(2).sum().backward()
+    grad = model.state_embed.weight.grad
+    assert torch.equal(grad[0], torch.zeros(DIM))
+    assert grad[1].abs().sum() > 0
+    assert grad[2].abs().sum() > 0
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+    optimizer.step()
+    assert torch.equal(model.state_embed.weight[0].detach(), torch.zeros(DIM))
+    assert model.state_embed.weight[1:].detach().abs().sum() > 0
+
+
+def test_known_states_change_logits_and_eval_is_deterministic():
+    model = _small().eval()
+    images = _images(2)
+    unknown = unknown_states(2, NUM_LABELS)
+    positive = unknown.clone()
+    positive[:, 0] = POSITIVE
+    negative = unknown.clone()
+    negative[:, 0] = NEGATIVE
+    with torch.no_grad():
+        base = model(images, unknown)
+        again = model(images, unknown)
+        told_pos = model(images, positive)
+        told_neg = model(images, negative)
+    assert torch.equal(base, again)
+    assert (told_pos - base).abs().max() > 1e-4
+    assert (told_neg - base).abs().max() > 1e-4
+    assert (told_pos - told_neg).abs().max() > 1e-4
+    # Other labels are affected too (through attention), not just the revealed one.
+    assert (told_pos[:, 1:] - base[:, 1:]).abs().max() > 1e-5
+
+
+def test_train_mode_uses_dropout():
+    model = _small(dropout=0.5).train()
+    images, states = _images(2), _states(2)
+    with torch.no_grad():
+        first = model(images, states)
+        second = model(images, states)
+    assert not torch.allclose(first, second)
+
+
+# ---------------------------------------------------------------------------------------------- position
+
+
+@pytest.mark.parametrize(("size", "tokens"), [(48, 36), (64, 64)])
+def test_position_encoding_works_at_several_sizes(size, tokens):
+    model = _small(position_encoding=True).eval()
+    with torch.no_grad():
+        encoded = model.encode(_images(2, size=size))
+        logits = model(_images(2, size=size), _states(2))
+    assert encoded.shape == (2, tokens, DIM)
+    assert logits.shape == (2, NUM_LABELS)
+    assert torch.isfinite(logits).all()
+
+
+def test_position_encoding_is_added_to_tokens():
+    with_pos = _small(position_encoding=True).eval()
+    without = _small(position_encoding=False).eval()
+    without.load_state_dict(with_pos.state_dict())  # the encoding has no parameters
+    images = _images(2)
+    with torch.no_grad():
+        difference = with_pos.encode(images) - without.encode(images)
+    expected = PositionEmbeddingSine(DIM)(6, 6, torch.device("cpu"), torch.float32)
+    torch.testing.assert_close(difference, expected.expand(2, -1, -1), atol=1e-5, rtol=0)
+
+
+def test_position_embedding_sine_properties():
+    pe = PositionEmbeddingSine(32)
+    h, w = 5, 7
+    enc = pe(h, w, torch.device("cpu"), torch.float32)
+    assert enc.shape == (h * w, 32)
+    assert enc.min() >= -1 and enc.max() <= 1
+    assert torch.cdist(enc, enc).add(torch.eye(h * w) * 10).min() > 1e-3  # all rows distinct
+    grid = enc.reshape(h, w, 32)
+    # Row-major: the first half encodes only the row, the second half only the column.
+    assert torch.equal(grid[:, :1, :16].expand(h, w, 16), grid[..., :16])
+    assert torch.equal(grid[:1, :, 16:].expand(h, w, 16), grid[..., 16:])
+    assert pe(2, 3, torch.device("cpu"), torch.float16).dtype == torch.float16
+
+
+def test_position_embedding_needs_dim_divisible_by_4():
+    with pytest.raises(ValueError, match="divisible by 4"):
+        PositionEmbeddingSine(30)
+
+
+# ---------------------------------------------------------------------------------------------- configs
+
+
+def test_build_from_config_ctran_round_trip():
+    config = {"kind": "ctran", "num_labels": 5, "backbone": "small_cnn", "dim": 32, "layers": 1, "heads": 2}
+    torch.manual_seed(0)
+    first = build_from_config(config).eval()
+    torch.manual_seed(1)
+    second = build_from_config(config).eval()
+    assert isinstance(first, CTran)
+    assert first.num_labels == 5 and len(first.encoder.layers) == 1
+    second.load_state_dict(first.state_dict())  # same architecture: strict load works
+    images, states = _images(2), _states(2, 5)
+    with torch.no_grad():
+        assert torch.equal(first(images, states), second(images, states))
+
+
+def test_build_from_config_defaults_and_ignores_pretrained():
+    # "pretrained" would make small_cnn raise; a stored config must rebuild without any download.
+    model = build_from_config(
+        {"num_labels": 3, "backbone": "small_cnn", "dim": 16, "layers": 1, "heads": 2, "pretrained": True}
+    )
+    assert isinstance(model, CTran)
+
+
+def test_build_from_config_baseline():
+    model = build_from_config({"kind": "baseline", "num_labels": 4, "backbone": "small_cnn"})
+    assert isinstance(model, PooledLinear)
+    assert model.num_labels == 4
+
+
+def test_build_from_config_unknown_kind():
+    with pytest.raises(ValueError, match="kind"):
+        build_from_config({"kind": "resnet", "num_labels": 3})
+
+
+# ---------------------------------------------------------------------------------------------- baseline
+
+
+def test_baseline_ignores_states_and_has_target_outputs():
+    torch.manual_seed(0)
+    baseline = ctran.build_baseline(5, backbone="small_cnn").eval()
+    images = _images(3)
+    with torch.no_grad():
+        plain = baseline(images)
+        a = baseline(images, _states(3, 9, seed=1))
+        b = baseline(images, _states(3, 9, seed=2))
+        split = baseline.decode(baseline.encode(images), _states(3, 9))
+    assert plain.shape == (3, 5)
+    assert torch.equal(a, plain)
+    assert torch.equal(b, plain)
+    torch.testing.assert_close(split, plain, atol=1e-6, rtol=0)
+    assert baseline.encode(images).shape == (3, 128)
