@@ -52,6 +52,7 @@ class DataConfig:
     test_split: str | None = None
     val_fraction: float = 0.1  # held out of train when the publisher has no validation split
     sizes: dict[str, int] | None = None  # digits only: scenes per split, e.g. {train: 2000}
+    options: dict[str, str] = field(default_factory=dict)  # the format's own, e.g. {difficult: negative}
     num_workers: int = 4
     on_bad_image: str = "skip"  # skip | fail
 

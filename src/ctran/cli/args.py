@@ -19,3 +19,14 @@ def parse_sizes(text: str) -> list[int]:
     if len(sizes) != 3 or min(sizes) < 1:
         raise CTranError(f"--sizes expects three positive integers TRAIN,VAL,TEST, got {text!r}")
     return sizes
+
+
+def dataset_options(pairs: list[str]) -> dict[str, str]:
+    """``["difficult=negative"]`` -> ``{"difficult": "negative"}``."""
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise CTranError(f"--option expects KEY=VALUE, got {pair!r}")
+        options[key.strip()] = value.strip()
+    return options

@@ -7,8 +7,8 @@ import os
 import warnings
 from pathlib import Path
 
+from ctran.cli.args import dataset_options
 from ctran.data.registry import FORMATS
-from ctran.errors import CTranError
 
 
 def add_dataset_arguments(parser: argparse.ArgumentParser, split_help: str) -> None:
@@ -26,17 +26,6 @@ def add_dataset_arguments(parser: argparse.ArgumentParser, split_help: str) -> N
         "vg500 names=FILE; cub source=auto|cbm|raw, attributes=class|instance; openimages classes=FILE; "
         "csv/jsonl vocabulary=FILE, extra_vocabulary=FILE, unlisted=negative|unknown; digits size=N",
     )
-
-
-def dataset_options(pairs: list[str]) -> dict[str, str]:
-    """``["difficult=negative"]`` -> ``{"difficult": "negative"}``."""
-    options = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise CTranError(f"--option expects KEY=VALUE, got {pair!r}")
-        options[key.strip()] = value.strip()
-    return options
 
 
 def register(commands: argparse._SubParsersAction) -> None:

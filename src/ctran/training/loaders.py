@@ -2,19 +2,11 @@
 
 from __future__ import annotations
 
-import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from ctran.data.base import LabeledImages
+from ctran.data.images import collate_samples
 from ctran.training.distributed import DistContext, ShardSampler
-
-
-def collate(batch: list) -> object:
-    """Default collation minus the samples a reader dropped (``None``: a bad image skipped by policy)."""
-    kept = [sample for sample in batch if sample is not None]
-    if not kept:
-        return None
-    return torch.utils.data.default_collate(kept)
 
 
 def train_loader(
@@ -27,7 +19,7 @@ def train_loader(
         batch_size=batch_size,
         sampler=sampler,
         num_workers=workers,
-        collate_fn=collate,
+        collate_fn=collate_samples,
         persistent_workers=workers > 0,
         pin_memory=ctx.device.type == "cuda",
     )
@@ -43,5 +35,5 @@ def eval_loader(
         batch_size=batch_size,
         sampler=ShardSampler(len(dataset), ctx),
         num_workers=workers,
-        collate_fn=collate,
+        collate_fn=collate_samples,
     )

@@ -16,6 +16,7 @@ from torch import nn
 
 from ctran.config import Config, config_from_dict, save_config
 from ctran.data.base import LabeledImages
+from ctran.data.registry import build_dataset, load_splits
 from ctran.errors import CTranError
 from ctran.model import build_from_config
 from ctran.report import write_json
@@ -26,18 +27,14 @@ from ctran.training.trainer import Trainer
 
 
 def build_datasets(config: Config) -> dict[str, LabeledImages]:
-    """{"train", "val", "test"} for ``config.data``."""
+    """{"train", "val", "test"} for ``config.data``, through the dataset registry."""
     data = config.data
-    if data.format == "digits":
-        from ctran.data.digit_scenes import load_digit_scenes
-
+    if data.format == "digits":  # generated: each split has its own size, no folder
         sizes = data.sizes or {}
         return {
-            split: load_digit_scenes(split, config.seed, sizes.get(split))
+            split: build_dataset("digits", None, split, seed=config.seed, size=sizes.get(split))
             for split in ("train", "val", "test")
         }
-    from ctran.data.registry import load_splits
-
     if data.root is None:
         raise CTranError(f"data.root is not set: where is the {data.format} dataset? (pass --data-root PATH)")
     splits = {"train": data.train_split, "val": data.val_split, "test": data.test_split}
@@ -51,6 +48,7 @@ def build_datasets(config: Config) -> dict[str, LabeledImages]:
         val_fraction=data.val_fraction,
         on_bad_image=data.on_bad_image,
         splits={role: name for role, name in splits.items() if name},
+        **data.options,
     )
 
 

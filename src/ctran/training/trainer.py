@@ -236,7 +236,7 @@ class Trainer:
         use_ema = row.get("val_mAP_ema", -math.inf) > row["val_mAP"]
         if not self.per_step:
             self.scheduler.step(candidate)
-        improved = candidate > self.result.best_val_map
+        improved = candidate > self.result.best_val_map or self.result.best_epoch == 0  # NaN: no positives
         if improved:
             self.result.best_epoch, self.result.best_val_map, self.bad_epochs = self.epoch, candidate, 0
             best_model = self.ema.module if use_ema else self.model
