@@ -7,6 +7,7 @@ with ``ctran.model.build_from_config``.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import torch
@@ -39,8 +40,18 @@ def save_checkpoint(
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         **meta,
     }
+    payload["checksum"] = weights_checksum(payload["state_dict"])
     atomic_write(path, lambda handle: torch.save(payload, handle))
     return path
+
+
+def weights_checksum(state_dict: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over every tensor's name, dtype, shape and bytes: catches corruption torch.load misses."""
+    digest = hashlib.sha256()
+    for name, tensor in state_dict.items():
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
+        digest.update(tensor.contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def read_checkpoint(path: str | Path) -> dict:
@@ -56,6 +67,9 @@ def read_checkpoint(path: str | Path) -> dict:
         raise CTranError(
             f"{path} is not a ctran checkpoint (for official C-Tran weights use convert-official)"
         )
+    expected = payload.get("checksum")
+    if expected is not None and weights_checksum(payload["state_dict"]) != expected:
+        raise CTranError(f"checkpoint {path} is corrupted: its weights do not match their checksum")
     return payload
 
 

@@ -80,6 +80,7 @@ class TrainConfig:
     label_mask: bool = True  # Label Mask Training; False: all labels unknown, loss on all (the ablation)
     max_known_fraction: float = 0.75
     grad_clip: float = 0.0  # max gradient norm (0: off)
+    max_bad_steps: int = 10  # stop after this many consecutive steps with a non-finite loss or gradient
     ema_decay: float = 0.0  # 0: off; e.g. 0.9997 as in ASL/Query2Label
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
     deterministic: bool = False

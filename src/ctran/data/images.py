@@ -14,6 +14,7 @@ Bad images: with ``on_bad_image="skip"`` an unreadable file makes ``__getitem__`
 from __future__ import annotations
 
 import copy
+import json
 import os
 import warnings
 from collections.abc import Sequence
@@ -223,6 +224,7 @@ class ImageFileDataset(LabeledImages):
         self.extra_groups = [list(group) for group in extra_groups]
         self.extra_certainty = extra_certainty
         self.bad_images: list[tuple[str, str]] = []
+        self.bad_image_log: Path | None = None  # set by a training run to list skips in its folder
         self.dropped_files: list[str] = []
         self._check_shapes()
         self._missing = self._handle_missing(drop_missing)
@@ -320,6 +322,9 @@ class ImageFileDataset(LabeledImages):
             ) from err
         self.bad_images.append((str(path), reason))
         warnings.warn(f"skipping unreadable image {path}: {reason}", stacklevel=3)
+        if self.bad_image_log is not None:  # one JSON line per skip; appends from worker processes are safe
+            with open(self.bad_image_log, "a") as log:
+                log.write(json.dumps({"path": str(path), "reason": reason}) + "\n")
         return None
 
 

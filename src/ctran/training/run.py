@@ -9,6 +9,7 @@ This is what ``ctran train`` (and ``torchrun ... -m ctran train``) calls. The ou
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import torch
@@ -98,6 +99,10 @@ def train_run(config: Config, out_dir: str | Path, resume: bool = False, progres
             out_dir.mkdir(parents=True, exist_ok=True)
             save_config(config, out_dir / "config.yaml")
         barrier(ctx)
+        skip_log = out_dir / "skipped_images.jsonl"
+        for dataset in datasets.values():
+            if hasattr(dataset, "bad_image_log"):
+                dataset.bad_image_log = skip_log
         meta = checkpoint_meta(config, datasets["train"], num_labels)
         trainer = Trainer(
             model, datasets["train"], datasets["val"], config, ctx, out_dir, meta, progress, desc="train"
@@ -108,10 +113,25 @@ def train_run(config: Config, out_dir: str | Path, resume: bool = False, progres
             best_epoch=result.best_epoch, best_val_mAP=result.best_val_map, train_seconds=result.seconds
         )
         if ctx.is_main:
+            metrics["skipped_images"] = summarize_skipped(skip_log, out_dir / "skipped_images.json")
             write_json(out_dir / "metrics.json", metrics)
         return metrics
     finally:
         shutdown_distributed()
+
+
+def summarize_skipped(log: Path, summary: Path) -> int:
+    """Unique unreadable images of the run (each was logged every time it was met) -> JSON; their count."""
+    if not log.exists():
+        return 0
+    unique: dict[str, str] = {}
+    for line in log.read_text().splitlines():
+        if line.strip():
+            entry = json.loads(line)
+            unique.setdefault(entry["path"], entry["reason"])
+    entries = [{"path": path, "reason": reason} for path, reason in sorted(unique.items())]
+    write_json(summary, {"count": len(entries), "images": entries})
+    return len(entries)
 
 
 def load_run_config(out_dir: str | Path) -> Config:

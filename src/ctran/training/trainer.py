@@ -104,6 +104,7 @@ class Trainer:
         self.ema = self._build_ema()
         self.net = self._wrap_ddp()
         self.result, self.epoch, self.step, self.bad_epochs = TrainResult(), 0, 0, 0
+        self.bad_steps = self.skipped_steps = 0
         self._best_state: dict | None = None
 
     def _build_ema(self) -> nn.Module | None:
@@ -142,6 +143,7 @@ class Trainer:
         for module in self.frozen:
             module.eval()
         self.train_loader.sampler.set_epoch(self.epoch)
+        self.skipped_steps = 0
         total, count, images_seen, tick = torch.zeros(2), 0, 0, time.perf_counter()
         bar = tqdm(
             self.train_loader,
@@ -154,7 +156,8 @@ class Trainer:
                 continue
             last_micro = (micro + 1) % self.cfg.grad_accum == 0 or micro + 1 == len(self.train_loader)
             loss_sum, n_scored = self._forward_backward(batch, sync=last_micro)
-            total += torch.stack([loss_sum, n_scored]).cpu()
+            if torch.isfinite(loss_sum):  # a bad batch is counted by _optimizer_step, not averaged in
+                total += torch.stack([loss_sum, n_scored]).cpu()
             images_seen += len(batch.index)
             count += 1
             if last_micro:
@@ -170,6 +173,7 @@ class Trainer:
             "train_loss": float(total[0] / total[1].clamp(min=1)),
             "lr": self.optimizer.param_groups[0]["lr"],
             "seconds": round(seconds, 2),
+            "skipped_steps": self.skipped_steps,
             "images_per_s": round(images_seen * self.ctx.world_size / max(seconds, 1e-9), 1),
         }
 
@@ -204,9 +208,17 @@ class Trainer:
         return bce_terms(logits, truth, inputs)
 
     def _optimizer_step(self) -> None:
-        if self.cfg.grad_clip > 0:
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        """Clip, step, schedule, EMA; a step whose gradient is not finite is skipped and counted.
+
+        Gradients are already averaged over processes here, so every process takes the same decision.
+        """
+        self.scaler.unscale_(self.optimizer)
+        max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        if not torch.isfinite(grad_norm):
+            self._skip_bad_step()
+            return
+        self.bad_steps = 0
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
@@ -215,6 +227,20 @@ class Trainer:
             self.scheduler.step()
         if self.ema is not None:
             self.ema.update(self.model, step=self.step)
+
+    def _skip_bad_step(self) -> None:
+        """Drop this step's gradients; after ``max_bad_steps`` in a row, stop with the likely causes."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.update()  # fp16: lowers the loss scale, the usual cure for an overflow
+        self.bad_steps += 1
+        self.skipped_steps += 1
+        if self.bad_steps >= self.cfg.max_bad_steps:
+            raise CTranError(
+                f"training stopped at epoch {self.epoch}: {self.bad_steps} consecutive steps had a "
+                "non-finite loss or gradient. Likely causes: a learning rate too high (train.lr), fp16 "
+                "overflow (train.precision=bf16 or fp32), or corrupt inputs. The last good checkpoint is "
+                "untouched" + (f" ({self.out_dir / 'last.pt'})" if self.out_dir is not None else "")
+            )
 
     # ---------------------------------------------------------------- validation and checkpoints
 
