@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import csv
+import io
 import math
 import time
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from ctran.checkpoint import read_checkpoint, save_checkpoint
 from ctran.config import Config
 from ctran.data.base import LabeledImages
 from ctran.errors import CTranError
+from ctran.files import atomic_write_bytes
 from ctran.metrics import mean_average_precision
 from ctran.states import UNKNOWN
 from ctran.training.distributed import DistContext, all_reduce_sum, barrier, gather_objects, resolve_device
@@ -329,13 +331,13 @@ class Trainer:
             _set_rng_state(state["rng"][self.ctx.rank])
 
     def _write_logs(self, row: dict) -> None:
-        path = self.out_dir / "metrics.csv"
-        new = not path.exists()
-        with path.open("a", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(row))
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
+        """metrics.csv rewritten from the history (so a resumed run never repeats a row), TensorBoard."""
+        columns = list(dict.fromkeys(key for entry in self.result.history for key in entry))
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(self.result.history)
+        atomic_write_bytes(self.out_dir / "metrics.csv", buffer.getvalue().encode())
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
