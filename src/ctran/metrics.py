@@ -42,7 +42,13 @@ import torch
 
 from ctran.states import POSITIVE, UNKNOWN
 
-__all__ = ["METRIC_KEYS", "average_precision", "mean_average_precision", "multilabel_metrics"]
+__all__ = [
+    "METRIC_KEYS",
+    "average_precision",
+    "calibrate_thresholds",
+    "mean_average_precision",
+    "multilabel_metrics",
+]
 
 METRIC_KEYS: tuple[str, ...] = (
     "mAP",
@@ -219,3 +225,33 @@ def multilabel_metrics(
     out["n_images"] = int(scored.any(dim=1).sum())
     out["n_labels_scored"] = int((~torch.isnan(ap)).sum())
     return out
+
+
+def calibrate_thresholds(
+    scores: ArrayLike, targets: ArrayLike, mask: ArrayLike | None = None, default: float = 0.5
+) -> np.ndarray:
+    """Per-label decision thresholds that maximise each label's F1 on held-out data: (L,) float64.
+
+    One 0.5 cut suits few labels (rare labels want a lower one, confusable ones a higher one). For each
+    label, every distinct scored value is a candidate cut (predict ``score >= t``); the one with the best F1
+    over that label's scored entries wins, the highest cut on ties (fewest positive predictions). A label
+    without a scored positive has F1 0 at every cut and gets ``default``.
+    """
+    s, positive, scored = _prepare(scores, targets, mask)
+    n, num_labels = s.shape
+    if n == 0:
+        return np.full(num_labels, default)
+    s_lt = torch.where(scored, s, -torch.inf).T.contiguous()  # (L, N); unscored entries sort last
+    s_sorted, order = torch.sort(s_lt, dim=1, descending=True)  # (L, N)
+    y_sorted = positive.T.gather(1, order).to(torch.float64)  # (L, N)
+    tp = y_sorted.cumsum(dim=1)  # (L, N): true positives when the cut keeps the top i+1
+    npos = y_sorted.sum(dim=1, keepdim=True)  # (L, 1)
+    kept = torch.arange(1, n + 1, device=s.device, dtype=torch.float64)  # (N,)
+    f1 = 2 * tp / (kept + npos)  # (L, N)
+    # A cut keeps a whole tie group, so only the last entry of each group (and only scored ones) is a cut.
+    is_end = torch.ones_like(s_sorted, dtype=torch.bool)  # (L, N)
+    is_end[:, :-1] = s_sorted[:, 1:] != s_sorted[:, :-1]
+    f1 = torch.where(is_end & torch.isfinite(s_sorted), f1, -1.0)
+    best = f1.argmax(dim=1, keepdim=True)  # (L, 1): the first maximum is the highest cut
+    thresholds = s_sorted.gather(1, best).squeeze(1)  # (L,)
+    return torch.where(npos.squeeze(1) > 0, thresholds, default).cpu().numpy()

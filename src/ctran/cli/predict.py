@@ -1,0 +1,182 @@
+"""``ctran predict``: label probabilities for image files, folders and globs, given what is already known."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import io
+import sys
+from pathlib import Path
+
+from ctran.cli.args import positive
+from ctran.errors import CTranError
+
+FORMATS = ("table", "json", "csv")
+GLOB_CHARS = frozenset("*?[")
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "predict",
+        help="predict the labels of images, optionally told some labels (known) or metadata (extra)",
+        description="Predict label probabilities for image files, folders (searched recursively) and globs. "
+        "Labels given with --known are inputs, not predictions: they are listed under 'known' and the other "
+        "labels are predicted knowing them. Unreadable images are reported on stderr and skipped; the exit "
+        "code is then 1.",
+    )
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders or glob patterns")
+    p.add_argument("--checkpoint", required=True, type=Path, help="a ctran checkpoint (.pt)")
+    add_label_options(p)
+    cut = p.add_mutually_exclusive_group()
+    cut.add_argument("--threshold", type=float, default=0.5, help="probability cut (default: 0.5)")
+    cut.add_argument(
+        "--calibrated", action="store_true", help="use the per-label thresholds stored in the checkpoint"
+    )
+    p.add_argument(
+        "--top-k", type=int, default=None, metavar="K", help="list only each image's K best labels"
+    )
+    p.add_argument("--format", default="table", choices=FORMATS, help="output format (default: table)")
+    p.add_argument("--output", type=Path, default=None, help="write the output here instead of stdout")
+    p.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
+    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: 32)")
+    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=_run_predict)
+
+
+def add_label_options(p: argparse.ArgumentParser) -> None:
+    """--known and --extra, shared with ``ctran explain``."""
+    p.add_argument(
+        "--known",
+        action="append",
+        metavar="LABEL=VALUE,...",
+        help="target labels you already know, e.g. person=1,car=0 (values 1/0, true/false, yes/no, +/-; "
+        "repeatable)",
+    )
+    p.add_argument(
+        "--extra",
+        action="append",
+        metavar="LABEL=VALUE,...",
+        help="extra (input-only) labels, e.g. context_beach=1 (repeatable)",
+    )
+
+
+def expand_paths(patterns: list[str]) -> tuple[list[Path], list[str]]:
+    """Files, folders (recursive, image files only) and globs -> (image paths, patterns matching nothing)."""
+    from PIL import Image
+
+    extensions = set(Image.registered_extensions())
+    found: list[Path] = []
+    missing: list[str] = []
+    for pattern in patterns:
+        path = Path(pattern)
+        if not path.exists() and GLOB_CHARS & set(pattern):
+            matches = [Path(m) for m in sorted(glob.glob(pattern, recursive=True))]
+        else:
+            matches = [path] if path.exists() else []
+        for match in matches:
+            if match.is_dir():
+                found += sorted(f for f in match.rglob("*") if f.is_file() and f.suffix.lower() in extensions)
+            else:
+                found.append(match)
+        if not matches:
+            missing.append(pattern)
+    return list(dict.fromkeys(found)), missing
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from ctran.inference import load
+    from ctran.inference.known import parse_spec
+    from ctran.report import write_json
+
+    batch_size = positive(args.batch_size, "--batch-size")
+    top_k = None if args.top_k is None else positive(args.top_k, "--top-k")
+    predictor = load(args.checkpoint, args.device, batch_size)
+    known, extra = parse_spec(args.known, "--known"), parse_spec(args.extra, "--extra")
+    predictor.states(known, extra, 1)  # every label mistake ends here, before any image is read
+    threshold = "calibrated" if args.calibrated else args.threshold
+    predictor.cutoffs(threshold)
+
+    paths, missing = expand_paths(args.paths)
+    failures = [f"{pattern}: no such file, folder or matching image" for pattern in missing]
+    for message in failures:
+        print(f"ctran predict: error: {message}", file=sys.stderr)
+    if not paths:
+        raise CTranError(f"no image files found in {', '.join(args.paths)}")
+
+    results = []
+    with tqdm(
+        total=len(paths), unit="img", desc="predict", disable=args.quiet or len(paths) <= batch_size
+    ) as bar:
+        for start in range(0, len(paths), batch_size):
+            pixels, names = [], []
+            for path in paths[start : start + batch_size]:
+                try:
+                    pixels.append(predictor.read(path)[0])
+                    names.append(str(path))
+                except CTranError as err:
+                    failures.append(str(err))
+                    tqdm.write(f"ctran predict: error: {err}", file=sys.stderr)
+            if pixels:
+                results += predictor.predict(pixels, known, extra, threshold, names=names)
+            bar.update(len(paths[start : start + batch_size]))
+
+    rows = [_limited(r.to_dict(), top_k) for r in results]
+    _emit(render(rows, args.format, predictor.target_names, top_k), args.output)
+    if args.json:
+        write_json(args.json, rows)
+    if failures:
+        print(f"ctran predict: {len(failures)} of {len(paths) + len(missing)} inputs failed", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def _limited(row: dict, top_k: int | None) -> dict:
+    """With --top-k, keep each image's K most probable labels (most probable first)."""
+    if top_k is None:
+        return row
+    best = sorted(row["probs"].items(), key=lambda item: -item[1])[:top_k]
+    return {**row, "probs": dict(best), "predicted": [n for n in row["predicted"] if n in dict(best)]}
+
+
+def render(rows: list[dict], fmt: str, target_names: list[str], top_k: int | None = None) -> str:
+    """The results as a Markdown table, JSON or CSV (one row per image, one column per target label)."""
+    if fmt == "json":
+        import json
+
+        return json.dumps(rows, indent=2) + "\n"
+    if fmt == "csv":
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(["image", "predicted", "known", *target_names])
+        for row in rows:
+            given = ";".join(f"{name}={int(value)}" for name, value in row["known"].items())
+            probs = [_number(row["probs"].get(name)) for name in target_names]
+            writer.writerow([row["image"], ";".join(row["predicted"]), given, *probs])
+        return buffer.getvalue()
+    title = f"top {top_k} (* = above threshold)" if top_k else "predicted (probability)"
+    lines = [f"| image | known | {title} |", "|---|---|---|"]
+    for row in rows:
+        given = ", ".join(f"{name}={int(value)}" for name, value in row["known"].items()) or "-"
+        if top_k:
+            shown = [(n, p, "*" if n in row["predicted"] else "") for n, p in row["probs"].items()]
+        else:
+            shown = [(n, row["probs"][n], "") for n in row["predicted"]]
+        labels = ", ".join(f"{n}{mark} {p:.2f}" for n, p, mark in shown) or "-"
+        lines.append(f"| {row['image']} | {given} | {labels} |")
+    return "\n".join(lines) + "\n"
+
+
+def _number(value: float | None) -> str:
+    return "" if value is None else f"{value:.6f}"
+
+
+def _emit(text: str, output: Path | None) -> None:
+    if output is None:
+        sys.stdout.write(text)
+        return
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(text)
+    print(f"wrote {output}", file=sys.stderr)

@@ -1,0 +1,10 @@
+"""Using a trained model: predict, re-condition on known labels, explain, export, import official weights.
+
+``ctran.load(path)`` returns a ``Predictor``; the CLI commands ``predict``, ``explain``, ``export`` and
+``convert-official`` are thin layers over this package.
+"""
+
+from ctran.inference.explain import Explanation
+from ctran.inference.predictor import Features, Prediction, Predictor, load
+
+__all__ = ["Explanation", "Features", "Prediction", "Predictor", "load"]
