@@ -140,3 +140,5 @@ def test_same_seed_gives_bit_identical_evaluation(tmp_path: Path) -> None:
     a = json.loads((tmp_path / "a" / "metrics.json").read_text())
     b = json.loads((tmp_path / "b" / "metrics.json").read_text())
     assert a["settings"] == b["settings"]
+    best = read_checkpoint(tmp_path / "a" / "best.pt")
+    assert len(best["thresholds"]) == 16 and all(0 < t <= 1 for t in best["thresholds"])  # for --calibrated

@@ -15,12 +15,11 @@ import torch
 from ctran.checkpoint import save_checkpoint
 from ctran.config import Config, load_config
 from ctran.data.base import LabeledImages
-from ctran.metrics import calibrate_thresholds
 from ctran.model import build_baseline, build_from_config
 from ctran.report import flatten_settings, metrics_table, plot_map_vs_known, write_json
 from ctran.states import unknown_states
 from ctran.training.distributed import DistContext, resolve_device
-from ctran.training.evaluation import Setting, collect_scores, evaluate, standard_settings
+from ctran.training.evaluation import evaluate, standard_settings
 from ctran.training.loaders import eval_loader
 from ctran.training.run import build_datasets, checkpoint_meta, model_config
 from ctran.training.trainer import Trainer
@@ -73,12 +72,9 @@ def run_demo(out: str | Path, config: Config | None = None, progress: bool = Tru
         "config": config.to_dict(),
     }
     meta = checkpoint_meta(config, data["train"], num_labels)
-    val_loader = eval_loader(data["val"], config.eval.batch_size)
-    val_probs, val_truth, val_scored, _ = collect_scores(
-        ctran_model, val_loader, [Setting()], device=ctx.device
-    )[Setting()]
-    thresholds = calibrate_thresholds(val_probs, val_truth, val_scored).tolist()  # for predict --calibrated
-    save_checkpoint(out / "ctran.pt", ctran_model, **meta, test_metrics=ctran_results, thresholds=thresholds)
+    save_checkpoint(
+        out / "ctran.pt", ctran_model, **meta, test_metrics=ctran_results, thresholds=ctran_run.thresholds
+    )
     write_json(out / "report.json", report)
     (out / "report.md").write_text(render_markdown(report))
     plot_map_vs_known(

@@ -33,7 +33,7 @@ from ctran.config import Config
 from ctran.data.base import LabeledImages
 from ctran.errors import CTranError
 from ctran.files import atomic_write_bytes
-from ctran.metrics import mean_average_precision
+from ctran.metrics import calibrate_thresholds, mean_average_precision
 from ctran.states import UNKNOWN
 from ctran.training.distributed import DistContext, all_reduce_sum, barrier, gather_objects, resolve_device
 from ctran.training.evaluation import Setting, collect_scores, merge_shards
@@ -53,6 +53,7 @@ class TrainResult:
     best_val_map: float = -math.inf
     seconds: float = 0.0
     stopped_early: bool = False
+    thresholds: list[float] | None = None  # per target label, F1-best on validation for the best weights
 
 
 def gathered_scores(
@@ -246,17 +247,21 @@ class Trainer:
 
     # ---------------------------------------------------------------- validation and checkpoints
 
-    def _val_map(self, model: nn.Module) -> float:
+    def _val_scores(self, model: nn.Module) -> tuple[float, list[float]]:
+        """Validation mAP (regular inference) and the per-label F1-best thresholds (``--calibrated``)."""
         scores = gathered_scores(
             model, self.val_loader, [Setting()], self.config.seed, self.ctx, self.precision
         )
         probs, truth, scored, _ = scores[Setting()]
-        return mean_average_precision(probs, truth, scored)
+        return mean_average_precision(probs, truth, scored), calibrate_thresholds(
+            probs, truth, scored
+        ).tolist()
 
     def _validate(self) -> dict:
-        row = {"val_mAP": self._val_map(self.model)}
+        row, self._thresholds = {}, {}
+        row["val_mAP"], self._thresholds["model"] = self._val_scores(self.model)
         if self.ema is not None:
-            row["val_mAP_ema"] = self._val_map(self.ema.module)
+            row["val_mAP_ema"], self._thresholds["ema"] = self._val_scores(self.ema.module)
         return row
 
     def _end_epoch(self, row: dict) -> None:
@@ -268,6 +273,7 @@ class Trainer:
         if improved:
             self.result.best_epoch, self.result.best_val_map, self.bad_epochs = self.epoch, candidate, 0
             best_model = self.ema.module if use_ema else self.model
+            self.result.thresholds = self._thresholds["ema" if use_ema else "model"]
             if self.out_dir is None:
                 self._best_state = copy.deepcopy(best_model.state_dict())
         else:
@@ -279,7 +285,12 @@ class Trainer:
             self._write_logs(row)
             if improved:
                 save_checkpoint(
-                    self.out_dir / "best.pt", best_model, **self.meta, epoch=self.epoch, ema=use_ema
+                    self.out_dir / "best.pt",
+                    best_model,
+                    **self.meta,
+                    epoch=self.epoch,
+                    ema=use_ema,
+                    thresholds=self.result.thresholds,
                 )
             save_checkpoint(
                 self.out_dir / "last.pt", self.model, **self.meta, training_state=self._state(rng)
@@ -301,6 +312,7 @@ class Trainer:
             "history": self.result.history,
             "best_epoch": self.result.best_epoch,
             "best_val_map": self.result.best_val_map,
+            "thresholds": self.result.thresholds,
             "bad_epochs": self.bad_epochs,
             "stopped_early": self.result.stopped_early,
             "seconds": self.result.seconds,
@@ -326,6 +338,7 @@ class Trainer:
             state["best_val_map"],
             state["seconds"],
             state["stopped_early"],
+            state["thresholds"],
         )
         if state["world_size"] == self.ctx.world_size:
             _set_rng_state(state["rng"][self.ctx.rank])
