@@ -1,0 +1,112 @@
+"""``ctran serve``: the interactive tagging page and JSON API for a checkpoint, on this machine by default."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ctran.cli.args import positive
+from ctran.errors import CTranError
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "serve",
+        help="a web page (and JSON API) to tag images interactively: mark labels, watch the others update",
+        description="Serve a tagging page and a JSON API for a C-Tran checkpoint. Upload an image, mark the "
+        "labels you know as present or absent, and every other label is re-predicted knowing them (the image "
+        "is encoded once; each change re-runs only the label side of the model). Binds to 127.0.0.1 unless "
+        "--host says otherwise. API: POST /api/images, POST /api/images/{id}/condition, "
+        "GET /api/images/{id}/attention/{label}, GET /api/labels, GET /healthz; schema at /openapi.json.",
+    )
+    p.add_argument("--checkpoint", required=True, type=Path, help="a ctran checkpoint (.pt)")
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)"
+    )
+    p.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0 picks a free one)")
+    p.add_argument("--examples", type=Path, default=None, metavar="DIR", help="a folder of example images")
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="probability at which a label counts as present (default: the checkpoint's calibrated "
+        "per-label thresholds when it has them, else 0.5)",
+    )
+    p.add_argument(
+        "--max-upload-mb", type=float, default=20.0, help="largest accepted upload (default: 20 MB)"
+    )
+    p.add_argument(
+        "--max-megapixels", type=float, default=50.0, help="largest accepted image (default: 50 megapixels)"
+    )
+    p.add_argument("--cache-size", type=int, default=32, help="images whose features are kept (default: 32)")
+    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    p.add_argument(
+        "--json", type=Path, default=None, help="write the address and settings here once listening"
+    )
+    p.add_argument(
+        "--log-level",
+        default="warning",
+        choices=("critical", "error", "warning", "info", "debug"),
+        help="server log level; debug also logs every request (default: warning)",
+    )
+    p.set_defaults(run=_run_serve)
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    from ctran.inference import load
+    from ctran.report import write_json
+    from ctran.serving import create_app
+    from ctran.serving.security import LOOPBACK_HOSTS
+    from ctran.serving.server import bind, is_loopback, serve, url_of
+
+    if not 0 <= args.port <= 65535:
+        raise CTranError(f"--port must be in 0..65535, got {args.port}")
+    if args.max_upload_mb <= 0 or args.max_megapixels <= 0:
+        raise CTranError("--max-upload-mb and --max-megapixels must be positive")
+    local = is_loopback(args.host)
+    predictor = load(args.checkpoint, args.device)
+    app = create_app(
+        predictor,
+        examples=args.examples,
+        max_upload_bytes=int(args.max_upload_mb * 2**20),
+        max_pixels=int(args.max_megapixels * 1e6),
+        cache_size=positive(args.cache_size, "--cache-size"),
+        threshold=args.threshold,
+        allowed_hosts=LOOPBACK_HOSTS if local else None,
+    )
+    sock = bind(args.host, args.port)
+    url = url_of(sock)
+    if not local:
+        print(
+            f"ctran serve: warning: listening on {args.host}, reachable from other machines; the API has no "
+            "authentication",
+            file=sys.stderr,
+        )
+    info = {
+        "url": url,
+        "host": args.host,
+        "port": sock.getsockname()[1],
+        "checkpoint": str(args.checkpoint),
+        "targets": len(predictor.target_names),
+        "extras": len(predictor.extra_names),
+        "examples": str(args.examples) if args.examples else None,
+        "max_upload_bytes": int(args.max_upload_mb * 2**20),
+        "cache_size": args.cache_size,
+    }
+    rows = {
+        "page": url,
+        "API schema": f"{url}openapi.json",
+        "checkpoint": args.checkpoint,
+        "labels": f"{info['targets']} targets, {info['extras']} extra",
+        "examples": info["examples"] or "-",
+    }
+    table = "\n".join(["| setting | value |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows.items())])
+    print(f"{table}\n\nctran serve: listening on {url} (Ctrl+C stops)", flush=True)
+    if args.json:
+        write_json(args.json, info)
+    try:
+        serve(app, sock, args.log_level)
+    except KeyboardInterrupt:  # uvicorn shuts down cleanly on Ctrl+C, then passes the signal on
+        print("ctran serve: stopped", flush=True)
+    return 0

@@ -1,0 +1,52 @@
+"""The JSON shapes of the HTTP API (pydantic models): they validate requests and document the API."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
+
+
+class ConditionRequest(BaseModel):
+    """What is known about the image: target labels (then not predicted) and extra, input-only labels."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    known: dict[str, StrictBool] = Field(default_factory=dict, examples=[{"digit_3": True, "tag_sun": False}])
+    extra: dict[str, StrictBool] = Field(default_factory=dict, examples=[{"context_beach": True}])
+
+
+class Predictions(BaseModel):
+    """Probabilities of the target labels left unknown (in label order) and those at or above threshold."""
+
+    predictions: dict[str, float]
+    predicted: list[str] = Field(description="labels at or above their threshold, most probable first")
+    known: dict[str, bool] = Field(description="the known target and extra labels the prediction used")
+
+
+class ImageResult(Predictions):
+    """An encoded image: its id for later requests, and its predictions with nothing known."""
+
+    id: str = Field(description="random id of the cached image features")
+    name: str = Field(description="the uploaded file's name, for display")
+    width: int
+    height: int
+
+
+class Labels(BaseModel):
+    targets: list[str] = Field(description="labels the model predicts")
+    extras: list[str] = Field(description="input-only labels (metadata), never predicted")
+    thresholds: dict[str, float] = Field(description="the probability at which each target counts as present")
+
+
+class Examples(BaseModel):
+    examples: list[str] = Field(description="names of the example images the server offers")
+
+
+class Health(BaseModel):
+    status: str
+    targets: int
+    extras: int
+    cached_images: int
+
+
+class ErrorBody(BaseModel):
+    error: str = Field(description="what was wrong with the request, in one line")
