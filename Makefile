@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean venv
+.PHONY: demo test lint bench soak clean venv
 
 venv: $(STAMP)
 
@@ -31,6 +31,10 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/readout.py
+
+# 60 s of concurrent loopback clients against `ctran serve` with the demo checkpoint (run `make demo` first).
+soak: $(STAMP)
+	$(BIN)/python benchmarks/serve_soak.py --checkpoint runs/demo/ctran.pt --seconds 60
 
 clean:
 	rm -rf runs .pytest_cache

@@ -73,12 +73,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 @contextmanager
-def started_server(checkpoint: Path) -> Iterator[str]:
-    """``ctran serve`` on a free loopback port in a child process; yields its URL, stops it on exit."""
+def started_server(checkpoint: Path, *options: str) -> Iterator[tuple[str, int]]:
+    """``ctran serve`` on a free loopback port in a child process; yields (URL, pid), stops it on exit."""
     with tempfile.TemporaryDirectory() as folder:
         info = Path(folder) / "serve.json"
         command = [sys.executable, "-m", "ctran", "serve", "--checkpoint", str(checkpoint), "--port", "0"]
-        process = subprocess.Popen([*command, "--json", str(info)], stdout=subprocess.DEVNULL)
+        process = subprocess.Popen([*command, *options, "--json", str(info)], stdout=subprocess.DEVNULL)
         try:
             deadline = time.monotonic() + 120
             while not info.exists():
@@ -87,7 +87,7 @@ def started_server(checkpoint: Path) -> Iterator[str]:
                 time.sleep(0.1)
             url = json.loads(info.read_text())["url"]
             wait_healthy(url, deadline)
-            yield url
+            yield url, process.pid
         finally:
             process.send_signal(signal.SIGINT)
             try:
@@ -186,7 +186,7 @@ def run_clients(url: str, image_id: str, targets: list[str], extras: list[str], 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    with started_server(args.checkpoint) if args.url is None else _given(args.url) as url:
+    with started_server(args.checkpoint) if args.url is None else _given(args.url) as (url, _):
         image_id, targets, extras = upload_scene(url)
         rows = []
         for clients in args.clients:
@@ -219,8 +219,8 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 @contextmanager
-def _given(url: str) -> Iterator[str]:
-    yield url if url.endswith("/") else url + "/"
+def _given(url: str) -> Iterator[tuple[str, None]]:
+    yield (url if url.endswith("/") else url + "/"), None
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -93,6 +94,7 @@ def _run_serve(args: argparse.Namespace) -> int:
         "examples": str(args.examples) if args.examples else None,
         "max_upload_bytes": int(args.max_upload_mb * 2**20),
         "cache_size": args.cache_size,
+        "pid": os.getpid(),
     }
     rows = {
         "page": url,
