@@ -147,7 +147,7 @@ def load_config(
         path = resolve_config_path(name_or_path)
         try:
             data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
+        except (yaml.YAMLError, UnicodeDecodeError) as err:
             raise CTranError(f"{path}: invalid YAML: {err}") from err
         if not isinstance(data, dict):
             raise CTranError(f"{path}: expected a mapping of sections (model, data, train, eval, seed)")
@@ -175,7 +175,7 @@ def _apply_override(data: dict, item: str) -> None:
         raise CTranError(f"override {item!r} must look like section.key=value (e.g. train.lr=1e-4)")
     try:
         value = yaml.safe_load(raw) if raw else None
-    except yaml.YAMLError as err:
+    except (yaml.YAMLError, ValueError, AttributeError, RecursionError) as err:  # "2001-13-45", "!!int x"
         raise CTranError(f"override {item!r}: cannot parse value {raw!r}") from err
     node = data
     *parents, leaf = key.split(".")

@@ -59,6 +59,8 @@ def read_json(path: Path) -> object:
         raise CTranError(f"{path} line {err.lineno}: malformed JSON ({err.msg})") from err
     except UnicodeDecodeError as err:
         raise CTranError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from err
+    except (ValueError, RecursionError) as err:  # a number too long to convert, or nesting too deep
+        raise CTranError(f"{path}: unreadable JSON ({err})") from err
 
 
 def read_names(path: Path) -> list[str]:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ctran.data.annotations import find_root, read_json, require
+from ctran.data.annotations import check_unique, find_root, read_json, require
 from ctran.data.images import DenseLabels, ImageFileDataset
 from ctran.errors import CTranError
 
@@ -63,6 +63,10 @@ def parse_instances(path: Path) -> tuple[list[str], list[str], np.ndarray]:
         files = [str(image["file_name"]) for image in data["images"]]
     except (KeyError, TypeError) as err:
         raise CTranError(f"{path}: an image or category entry lacks its {err} field") from err
+    if len(column) != len(categories) or len(row) != len(files):
+        what = "category" if len(column) != len(categories) else "image"
+        raise CTranError(f"{path}: two {what} entries share one id")
+    check_unique(names, str(path))
     labels = np.zeros((len(files), len(names)), dtype=np.int8)
     for number, annotation in enumerate(data["annotations"]):
         try:

@@ -199,7 +199,7 @@ def read_pickle(path: Path) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarr
                 certainty[number] = _concepts(entry["attribute_certainty"], {1, 2, 3, 4})
             if not 0 <= classes[number] < NUM_CLASSES:
                 raise ValueError(f"class_label {classes[number]} is outside 0..{NUM_CLASSES - 1}")
-        except (KeyError, TypeError, ValueError) as err:
+        except (KeyError, TypeError, ValueError, OverflowError) as err:
             raise CTranError(f"{path}: entry {number} is malformed ({type(err).__name__}: {err})") from err
     return files, classes, concepts, certainty
 
@@ -272,6 +272,8 @@ def read_release(cub_dir: str) -> dict:
     """
     cub = Path(cub_dir)
     ids, files = _id_table(require(cub / "images.txt", LAYOUT), str)
+    if not ids:
+        raise CTranError(f"{cub / 'images.txt'}: lists no images; expected layout: {LAYOUT}")
     classes = _lookup(require(cub / "image_class_labels.txt", LAYOUT), ids) - 1
     is_train = _lookup(require(cub / "train_test_split.txt", LAYOUT), ids) == 1
     position = {image_id: row for row, image_id in enumerate(ids)}
@@ -284,7 +286,10 @@ def read_release(cub_dir: str) -> dict:
         )  # <image id> <attribute id> <is present> <certainty id> <time> (a few lines: more)
         try:
             row, column = position[int(fields[0])], int(fields[1]) - 1
-            labels[row, column], certainty[row, column] = int(fields[2]), int(fields[3])
+            present, certain = int(fields[2]), int(fields[3])
+            if not (0 <= column < len(ATTRIBUTE_NAMES) and present in (0, 1) and 1 <= certain <= 4):
+                raise ValueError(text)  # a negative column would silently wrap around to the last ones
+            labels[row, column], certainty[row, column] = present, certain
         except (KeyError, IndexError, ValueError) as err:
             raise CTranError(
                 f"{path} line {number}: expected '<image id> <attribute id> <0|1> <1-4> ...'"
@@ -310,6 +315,8 @@ def _id_table(path: Path, kind: type) -> tuple[list[int], list]:
             values.append(kind(fields[1]))
         except (IndexError, ValueError) as err:
             raise CTranError(f"{path} line {number}: expected '<image id> <value>', got {text!r}") from err
+    if len(set(ids)) != len(ids):
+        raise CTranError(f"{path}: an image id is listed twice")
     return ids, values
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ctran.data.annotations import find_root, read_lines, require
+from ctran.data.annotations import check_unique, find_root, read_lines, require
 from ctran.data.images import DenseLabels, ImageFileDataset
 from ctran.errors import CTranError
 
@@ -71,7 +71,9 @@ def _relative(text: str) -> str:
 def _concepts(base: Path, label_dir: Path) -> list[str]:
     listed = base / "Concepts81.txt"
     if listed.exists():
-        return [text for _, text in read_lines(listed)]
+        names = [text for _, text in read_lines(listed)]
+        check_unique(names, str(listed))
+        return names
     found = sorted(p.name[len("Labels_") : -len("_Train.txt")] for p in label_dir.glob("Labels_*_Train.txt"))
     if not found:
         raise CTranError(f"no Labels_<concept>_Train.txt files in {label_dir}; expected layout: {LAYOUT}")
@@ -85,8 +87,8 @@ def _label_column(path: Path, count: int, list_name: str, notes: list[str]) -> n
         raise CTranError(f"{path}: {len(lines)} values, expected {count} (one per line of {list_name})")
     try:
         values = np.array([text for _, text in lines]).astype(np.int64)
-    except ValueError as err:
-        number, text = next(((n, t) for n, t in lines if not t.lstrip("+-").isdigit()), lines[0])
+    except (ValueError, OverflowError) as err:
+        number, text = next(((n, t) for n, t in lines if not _is_int64(t)), lines[0])
         raise CTranError(f"{path} line {number}: expected 0 or 1, got {text!r}") from err
     corrupt = np.flatnonzero((values != 0) & (values != 1))
     for row in corrupt[:MAX_LISTED]:
@@ -97,6 +99,14 @@ def _label_column(path: Path, count: int, list_name: str, notes: list[str]) -> n
         notes.append(f"{path.name}: {len(corrupt) - MAX_LISTED} more corrupt values, not annotated")
     values[corrupt] = -1
     return values.astype(np.int8)
+
+
+def _is_int64(text: str) -> bool:
+    """Whether numpy can read ``text`` as an int64: finds the line that made a whole column fail."""
+    try:
+        return -(2**63) <= int(text) < 2**63
+    except ValueError:
+        return False
 
 
 def _image_dir(base: Path) -> Path:

@@ -107,6 +107,12 @@ def load(
     every = [row for split_rows in all_rows.values() for row in split_rows]
     targets = _vocabulary(vocabulary, folder / "labels.txt", [row.labels for row in every])
     extras = _vocabulary(extra_vocabulary, folder / "extras.txt", [row.extra for row in every])
+    both = sorted(set(targets.names) & set(extras.names))
+    if both:
+        raise CTranError(
+            f"{files[split]}: {both[0]!r} is both a label and an extra label "
+            f"(vocabularies: {targets.source}, {extras.source}); give it in one column only"
+        )
     fill = UNLISTED[unlisted]
     return ImageFileDataset(
         folder,
@@ -160,6 +166,8 @@ def _jsonl_rows(path: Path, handle) -> Iterator[Row]:
             record = json.loads(line)
         except json.JSONDecodeError as err:
             raise CTranError(f"{where}: malformed JSON ({err.msg})") from err
+        except (ValueError, RecursionError) as err:  # a number too long to convert, or nesting too deep
+            raise CTranError(f"{where}: unreadable JSON ({err})") from err
         if not isinstance(record, dict) or "image" not in record:
             raise CTranError(f'{where}: expected an object like {{"image": ..., "labels": [...]}}')
         yield _row(record["image"], record.get("labels", []), record.get("extra", []), where)

@@ -45,7 +45,7 @@ def load(
             raise CTranError(f"{label_path}: no entry for image {image!r} of {list_path.name}")
         positives = index[image]
         if not isinstance(positives, list) or not all(
-            isinstance(p, int) and 0 <= p < NUM_LABELS for p in positives
+            isinstance(p, int) and not isinstance(p, bool) and 0 <= p < NUM_LABELS for p in positives
         ):
             raise CTranError(f"{label_path}: labels of {image!r} must be indices in 0..{NUM_LABELS - 1}")
         labels[row, positives] = 1

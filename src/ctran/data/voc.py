@@ -99,6 +99,8 @@ def image_labels(path: Path, difficult: str = "ignore") -> np.ndarray:
     except ET.ParseError as err:
         reason = str(err).split(":")[0]
         raise CTranError(f"{path} line {err.position[0]}: malformed XML ({reason})") from err
+    except LookupError as err:  # the XML declaration names an encoding Python does not know
+        raise CTranError(f"{path} line 1: malformed XML ({err})") from err
     states = np.zeros(len(VOC_CLASSES), dtype=np.int8)
     difficult_only = np.zeros(len(VOC_CLASSES), dtype=bool)
     for obj in tree.getroot().iter("object"):

@@ -102,6 +102,10 @@ def _preview(names: Sequence[str], limit: int = 12) -> str:
 
 def _as_bool(value: object, name: str) -> bool:
     """Accept bools and 0/1 (Python, numpy or torch); anything else is a mistake, not a truthiness test."""
-    if value in (True, False):  # compares by value, so 1, 0.0 and np.True_ pass and "yes" does not
+    try:
+        boolean = value in (True, False)  # compares by value, so 1, 0.0 and np.True_ pass and "yes" does not
+    except (ValueError, RuntimeError):  # an array or tensor of several values has no single truth value
+        boolean = False
+    if boolean:
         return bool(value)
     raise CTranError(f"label {name!r}: expected True/False (or 1/0), got {value!r}")
