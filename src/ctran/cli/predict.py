@@ -41,6 +41,13 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: 32)")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    p.add_argument(
+        "--precision",
+        default="fp32",
+        choices=("fp32", "bf16", "fp16", "auto"),
+        help="fp32 (default: the model's exact numbers), bf16 (about 2x faster on CPUs with AVX512-BF16 and "
+        "on GPUs; probabilities move by about 1e-3), fp16 (CUDA), or auto (bf16 where supported)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=_run_predict)
 
@@ -94,7 +101,7 @@ def _run_predict(args: argparse.Namespace) -> int:
 
     batch_size = positive(args.batch_size, "--batch-size")
     top_k = None if args.top_k is None else positive(args.top_k, "--top-k")
-    predictor = load(args.checkpoint, args.device, batch_size)
+    predictor = load(args.checkpoint, args.device, batch_size, args.precision)
     known, extra = parse_spec(args.known, "--known"), parse_spec(args.extra, "--extra")
     predictor.states(known, extra, 1)  # every label mistake ends here, before any image is read
     threshold = "calibrated" if args.calibrated else args.threshold

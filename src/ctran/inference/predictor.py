@@ -22,8 +22,10 @@ from ctran.data.transforms import eval_transform, load_image
 from ctran.errors import CTranError
 from ctran.inference.explain import Explanation, explain_attention
 from ctran.inference.known import LabelSpec, label_states, unknown_label
+from ctran.inference.performance import inference_precision, optimize_for_inference
 from ctran.model import CTran
 from ctran.states import POSITIVE, UNKNOWN
+from ctran.training.precision import autocast
 
 ImageInput = str | Path | Image.Image | torch.Tensor
 Images = ImageInput | Sequence[ImageInput]
@@ -61,7 +63,11 @@ class Prediction:
 
 
 class Predictor:
-    """Predict, re-condition and explain with a C-Tran model; ``model`` is the plain ``torch.nn.Module``."""
+    """Predict, re-condition and explain with a C-Tran model; ``model`` is the plain ``torch.nn.Module``.
+
+    ``precision`` is ``"fp32"`` (the model's numerics), ``"bf16"``, ``"fp16"`` (CUDA) or ``"auto"``; see
+    ``ctran.inference.performance`` for what each costs and changes.
+    """
 
     def __init__(
         self,
@@ -73,6 +79,7 @@ class Predictor:
         thresholds: Sequence[float] | None = None,
         device: torch.device | str = "cpu",
         batch_size: int = 32,
+        precision: str = "fp32",
     ) -> None:
         if not isinstance(model, CTran):
             raise CTranError(f"a Predictor needs a C-Tran model, got {type(model).__name__}")
@@ -86,6 +93,7 @@ class Predictor:
         if thresholds is not None and len(thresholds) != len(self.target_names):
             raise CTranError(f"{len(thresholds)} thresholds for {len(self.target_names)} target labels")
         self.device = torch.device(device)
+        self.precision = inference_precision(precision, self.device)
         self.model = model.to(self.device).eval()
         self.image_size, self.scale_size = image_size, scale_size
         self.thresholds = None if thresholds is None else np.asarray(thresholds, dtype=np.float64)
@@ -206,7 +214,8 @@ class Predictor:
         pixels, name, size = self.read(image)
         features = self._encode_pixels(pixels[None], [name], [size])
         states = self.states(known, extra, 1)  # (1, L)
-        output = self.model.decode(features.tokens, states.to(self.device), return_attention=True)
+        with autocast(self.device, self.precision):
+            output = self.model.decode(features.tokens, states.to(self.device), return_attention=True)
         probs = output.logits[0].float().sigmoid().cpu()  # (L,)
         prediction = self._to_prediction(name, probs, states[0], self.cutoffs(0.5))
         chosen = self._explained_labels(labels, prediction, top_k)
@@ -278,13 +287,15 @@ class Predictor:
         grids: list[tuple[int, int]] = []
         hook = self.model.backbone.register_forward_hook(lambda _m, _i, out: grids.append(out.shape[-2:]))
         try:
-            tokens = self.model.encode(pixels.to(self.device))  # (B, T, D)
+            with autocast(self.device, self.precision):
+                tokens = self.model.encode(pixels.to(self.device))  # (B, T, D)
         finally:
             hook.remove()
         return Features(tokens, tuple(grids[0]), ids, sizes)
 
     def _predictions(self, features: Features, states: torch.Tensor, cuts: np.ndarray) -> list[Prediction]:
-        logits = self.model.decode(features.tokens, states.to(self.device))  # (B, L)
+        with autocast(self.device, self.precision):
+            logits = self.model.decode(features.tokens, states.to(self.device))  # (B, L)
         probs = logits.float().sigmoid().cpu()
         return [
             self._to_prediction(name, p, s, cuts)
@@ -313,13 +324,27 @@ class Predictor:
         return list(dict.fromkeys(labels))
 
 
-def load(path: str | Path, device: torch.device | str = "cpu", batch_size: int = 32) -> Predictor:
-    """Open a ctran checkpoint for prediction: ``ctran.load("ctran.pt").predict("photo.jpg")``."""
+def load(
+    path: str | Path,
+    device: torch.device | str = "cpu",
+    batch_size: int = 32,
+    precision: str = "fp32",
+    channels_last: bool | None = None,
+    compile: bool = False,
+) -> Predictor:
+    """Open a ctran checkpoint for prediction: ``ctran.load("ctran.pt").predict("photo.jpg")``.
+
+    ``precision``, ``channels_last`` and ``compile`` are the speed switches of
+    ``ctran.inference.performance``; the defaults reproduce the model's float32 results. ``channels_last``
+    defaults to on with a reduced precision (the layout its convolutions run fastest in), off in fp32.
+    """
     model, meta = load_checkpoint(path, device)
     if not isinstance(model, CTran):
         raise CTranError(f"{path} holds a {type(model).__name__}, not C-Tran; only C-Tran takes known labels")
+    if channels_last is None:
+        channels_last = precision != "fp32"
     return Predictor(
-        model,
+        optimize_for_inference(model, channels_last, compile),
         meta["target_names"],
         meta.get("extra_names", ()),
         meta.get("image_size"),
@@ -327,6 +352,7 @@ def load(path: str | Path, device: torch.device | str = "cpu", batch_size: int =
         meta.get("thresholds"),
         device,
         batch_size,
+        precision,
     )
 
 

@@ -2,8 +2,10 @@
 
     images (B, 3, H, W) --backbone--> (B, C, h, w) --1x1 proj--> image tokens (B, h*w, D) [+ sine pos]
     label tokens (B, L, D) = label embedding (L, D) + state embedding[state] (B, L, D)
-    LayerNorm(cat[image tokens ; label tokens]) --N post-norm layers--> (B, h*w + L, D)
+    LayerNorm(cat[image tokens ; label tokens]) --N post-norm layers--> label outputs (B, L, D)
     logits (B, L) = per-label linear readout of the L label output tokens
+
+Only the label outputs are read, so the last layer computes only their rows (exact; see ``transformer``).
 
 The work is split so the expensive half can be cached: ``encode`` runs the backbone once per image;
 ``decode`` re-runs only label tokens + transformer + readout for any set of known labels.
@@ -88,8 +90,8 @@ class CTran(nn.Module):
         check_states(states, self.num_labels)
         labels = self.label_embed.weight + self.state_embed(state_index(states))  # (B, L, D)
         x = self.norm(torch.cat([tokens, labels.to(tokens.dtype)], dim=1))  # (B, T + L, D)
-        x, attentions = self.encoder(x, need_weights=return_attention)
-        logits = self.readout(x[:, -self.num_labels :])  # (B, L)
+        h, attentions = self.encoder(x, need_weights=return_attention, keep=self.num_labels)  # (B, L, D)
+        logits = self.readout(h)  # (B, L)
         return Output(logits, attentions) if return_attention else logits
 
     def forward(

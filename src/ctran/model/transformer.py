@@ -1,9 +1,16 @@
 """The C-Tran transformer encoder: post-norm layers over [image tokens ; label tokens].
 
 Each layer is ``x = norm1(x + attn(x)); x = norm2(x + ffn(x))`` with ReLU and dropout, as in the paper.
-Attention uses ``nn.MultiheadAttention``, which dispatches to the fused ``scaled_dot_product_attention``
-kernel (and, in eval mode, PyTorch's native fast path) unless attention weights are asked for. Parameter
-names match the official implementation's, so its checkpoints map key by key.
+Parameters live in an ``nn.MultiheadAttention`` (packed Q/K/V, as the official implementation), so official
+checkpoints map key by key. Without attention weights, attention is one fused
+``F.scaled_dot_product_attention`` call over those parameters: on CPU its flash kernel is faster than
+``nn.MultiheadAttention``'s native fast path and never materialises the (B, heads, N, N) score matrix, so
+memory grows linearly with the number of labels. Attention weights (for explanations) come from
+``nn.MultiheadAttention`` itself.
+
+Only the label tokens of the last layer are ever read, so the encoder can compute just the last ``keep``
+rows in its last layer: their queries, attention, feed-forward and norms (keys and values still come from
+every token). This is exact, and removes most of the last layer for the image tokens.
 """
 
 from __future__ import annotations
@@ -28,13 +35,42 @@ class EncoderLayer(nn.Module):
         self.dropout2 = nn.Dropout(dropout)
 
     def forward(
-        self, x: torch.Tensor, need_weights: bool = False
+        self, x: torch.Tensor, need_weights: bool = False, keep: int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """x: (B, N, D) -> (B, N, D), and attention (B, heads, N, N) when need_weights."""
-        attended, weights = self.self_attn(x, x, x, need_weights=need_weights, average_attn_weights=False)
+        """x: (B, N, D) -> (B, N, D), or its last ``keep`` rows (B, keep, D); attention (B, heads, N, N)
+        when ``need_weights``."""
+        weights = None
+        if need_weights:
+            attended, weights = self.self_attn(x, x, x, need_weights=True, average_attn_weights=False)
+            attended = attended if keep is None else attended[:, -keep:]
+        else:
+            attended = self._attend(x, keep)  # (B, N or keep, D)
+        if keep is not None:
+            x = x[:, -keep:]
         x = self.norm1(x + self.dropout1(attended))
         x = self.norm2(x + self.dropout2(self.linear2(self.dropout(F.relu(self.linear1(x))))))
         return x, weights
+
+    def _attend(self, x: torch.Tensor, keep: int | None) -> torch.Tensor:
+        """Multi-head self-attention of the last ``keep`` queries (all when None) over all N tokens."""
+        attn = self.self_attn
+        dim, heads = attn.embed_dim, attn.num_heads
+        if keep is None:
+            q, k, v = F.linear(x, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)  # (B, N, D) each
+        else:
+            w_q, w_kv = attn.in_proj_weight.split([dim, 2 * dim])
+            b_q, b_kv = attn.in_proj_bias.split([dim, 2 * dim])
+            q = F.linear(x[:, -keep:], w_q, b_q)  # (B, keep, D)
+            k, v = F.linear(x, w_kv, b_kv).chunk(2, dim=-1)  # (B, N, D) each
+
+        def split_heads(t: torch.Tensor) -> torch.Tensor:
+            return t.unflatten(-1, (heads, dim // heads)).transpose(1, 2)  # (B, heads, *, D / heads)
+
+        dropout = attn.dropout if self.training else 0.0
+        out = F.scaled_dot_product_attention(
+            split_heads(q), split_heads(k), split_heads(v), dropout_p=dropout
+        )
+        return attn.out_proj(out.transpose(1, 2).flatten(2))  # (B, Q, D)
 
 
 class Encoder(nn.Module):
@@ -44,11 +80,15 @@ class Encoder(nn.Module):
         super().__init__()
         self.layers = nn.ModuleList(EncoderLayer(dim, heads, ffn_dim, dropout) for _ in range(layers))
 
-    def forward(self, x: torch.Tensor, need_weights: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """x: (B, N, D) -> (B, N, D), and per-layer attention (B, heads, N, N) when asked (else empty)."""
+    def forward(
+        self, x: torch.Tensor, need_weights: bool = False, keep: int | None = None
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """x: (B, N, D) -> (B, N, D), or only its last ``keep`` tokens (B, keep, D), computed only for them
+        in the last layer; per-layer attention (B, heads, N, N) when asked (else empty)."""
         attentions = []
-        for layer in self.layers:
-            x, weights = layer(x, need_weights)
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            x, weights = layer(x, need_weights, keep if i == last else None)
             if need_weights:
                 attentions.append(weights)
         return x, attentions

@@ -1,0 +1,225 @@
+"""Run every benchmark and collect its rows: ``make bench`` (about 10 minutes on 2 CPU cores).
+
+Runs ``peak``, ``inference``, ``recondition``, ``label_scaling``, ``training``, ``data_pipeline`` and
+``readout`` in one process (each also writes its own ``benchmarks/results/<name>.json``), then writes
+
+- ``benchmarks/results/latest.json``: ``{"machine": {...}, "rows": [{"name", "ours_per_s", "ref_per_s",
+  "ratio", "ours_peak_mb", "ref_peak_mb", "fraction_of_peak", ...}], "targets": [...], ...}``;
+- ``benchmarks/results/latest.png``: speed ratios per row, and time and memory against the number of labels;
+- the results table of ``BENCHMARKS.md`` (between its ``results`` markers).
+
+``--quick`` is a smoke run of a minute or two: the smallest settings, its files named ``quick*`` so that the
+latest full results are kept. ``targets`` compares the rows with the performance issue's acceptance targets.
+
+Run: ``.venv/bin/python benchmarks/run_all.py`` (see ``--help``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import data_pipeline
+import inference
+import label_scaling
+import peak
+import readout
+import recondition
+import training
+from common import RESULTS, machine_info, markdown_table, setup, write_report
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCHMARKS_MD = ROOT / "BENCHMARKS.md"
+MARKERS = ("<!-- results:start -->", "<!-- results:end -->")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="a 1-2 minute smoke run (results named quick*)")
+    p.add_argument("--full", action="store_true", help="every inference setting (about 3x longer)")
+    p.add_argument("--compile", action="store_true", help="also time torch.compile (about 45 s to compile)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own)")
+    p.add_argument(
+        "--demo-checkpoint",
+        type=Path,
+        default=ROOT / "runs/demo/ctran.pt",
+        help="digit-scenes checkpoint for the mAP check (default: runs/demo/ctran.pt from `make demo`)",
+    )
+    return p.parse_args(argv)
+
+
+def sub_args(args: argparse.Namespace, name: str) -> list[str]:
+    """The command line passed on to one benchmark's ``main``."""
+    prefix = "quick_" if args.quick else ""
+    argv = ["--out", str(RESULTS / f"{prefix}{name}.json")]
+    argv += ["--quick"] if args.quick else []
+    argv += ["--threads", str(args.threads)] if args.threads else []
+    if name == "inference":
+        argv += ["--demo-checkpoint", str(args.demo_checkpoint)]
+        argv += ["--full"] if args.full else []
+        argv += ["--compile"] if args.compile else []
+    if name == "data_pipeline":
+        argv += ["--training-results", str(RESULTS / f"{prefix}training.json")]
+    if name == "readout":
+        argv += ["--labels", "80,1000"]  # L = 10,000 is in label_scaling, on the whole model
+    return argv
+
+
+def row_by(rows: list[dict], name: str) -> dict | None:
+    return next((r for r in rows if r["name"] == name), None)
+
+
+def target(what: str, goal: str, measured: object, met: bool | None) -> dict:
+    return {"target": what, "goal": goal, "measured": measured, "met": met}
+
+
+def targets(rows: list[dict], check: dict | None) -> list[dict]:
+    """The issue's acceptance targets against the measured rows (``met`` is None where not measured)."""
+    out = []
+    for labels in (80, 1000):
+        for variant, goal in (("fp32", 1.0), ("bf16_cl", 2.0)):
+            row = row_by(rows, f"infer_r101_576_L{labels}_b1_{variant}")
+            ratio = row["ratio"] if row else None
+            what = f"inference 576, L={labels}, batch 1, {variant} vs reference"
+            out.append(target(what, f">= {goal}x", ratio, None if ratio is None else ratio >= goal))
+    if check:
+        out.append(target("digit-scenes mAP, bf16 + channels_last vs fp32", "<= 0.2 points", check, None))
+        out[-1]["met"] = check["map_difference"] <= 0.2
+    row = row_by(rows, "labels_10000_b8")
+    if row:
+        failed = row.get("ref_failed")
+        ratio = row["ref_peak_mb"] / row["ours_peak_mb"] if row["ref_peak_mb"] else None
+        measured = failed or ratio
+        met = bool(failed) or (ratio is not None and ratio >= 5)
+        out.append(
+            target("peak memory, L=10000, batch 8: reference / ours", ">= 5x or ref fails", measured, met)
+        )
+    for row in rows:
+        if row["name"].startswith("partial_sweep"):
+            speedup = row["speedup_vs_ours_four_passes"]
+            what = f"{row['name']}: sweep vs four full passes (ours; vs reference: {row['ratio']}x)"
+            out.append(target(what, ">= 3x", speedup, speedup >= 3))
+    row = row_by(rows, "recondition_paper_b1")
+    if row:
+        what = f"re-conditioning vs full prediction, paper (FLOP bound {row['flop_bound_speedup']}x)"
+        out.append(
+            target(what, ">= 10x", row["speedup_vs_ours_predict"], row["speedup_vs_ours_predict"] >= 10)
+        )
+    return out
+
+
+def verdict(met: bool | None) -> str:
+    return "not measured" if met is None else "met" if met else "NOT met"
+
+
+def plot(rows: list[dict], path: Path) -> Path:
+    """Speed ratio of every row that has one, and per-image time and peak memory against L."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rated = [r for r in rows if r["ratio"]]
+    scaling = sorted((r for r in rows if r["name"].startswith("labels_")), key=lambda r: r["labels"])
+    fig, (bars, lines) = plt.subplots(1, 2, figsize=(14, max(4.5, 0.28 * len(rated))), width_ratios=(3, 2))
+    names = [r["name"] for r in rated]
+    bars.barh(
+        names,
+        [r["ratio"] for r in rated],
+        color=["tab:green" if r["ratio"] >= 1 else "tab:red" for r in rated],
+    )
+    bars.axvline(1.0, color="black", linewidth=0.8)
+    bars.set_xscale("log")
+    bars.invert_yaxis()
+    bars.set_xlabel("ours / reference throughput (log)")
+    bars.tick_params(axis="y", labelsize=7)
+    if scaling:
+        labels = [r["labels"] for r in scaling]
+        lines.loglog(labels, [1 / r["ours_per_s"] for r in scaling], "o-", label="ours: s / image")
+        ref = [(r["labels"], 1 / r["ref_per_s"]) for r in scaling if r["ref_per_s"]]
+        if ref:
+            lines.loglog(*zip(*ref, strict=True), "s--", label="reference: s / image")
+        memory = lines.twinx()
+        memory.loglog(
+            labels, [r["ours_peak_mb"] for r in scaling], "o-", color="tab:green", label="ours: peak MB"
+        )
+        known = [(r["labels"], r["ref_peak_mb"] or r["ref_peak_mb_estimate"]) for r in scaling]
+        memory.loglog(
+            *zip(*known, strict=True), "s--", color="tab:red", label="reference: peak MB (est. if not run)"
+        )
+        memory.set_ylabel("peak memory (MB)")
+        lines.set_xlabel("labels L (digit-scenes model, batch 8)")
+        lines.set_ylabel("seconds per image")
+        handles = lines.get_legend_handles_labels()[0] + memory.get_legend_handles_labels()[0]
+        lines.legend(handles, [h.get_label() for h in handles], fontsize=7, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def update_markdown(table: str, machine: dict, command: str, goals: list[dict]) -> None:
+    """Replace the table between the markers of BENCHMARKS.md (left alone when the file has none)."""
+    if not BENCHMARKS_MD.is_file():
+        return
+    text = BENCHMARKS_MD.read_text()
+    if MARKERS[0] not in text or MARKERS[1] not in text:
+        return
+    head, rest = text.split(MARKERS[0], 1)
+    tail = rest.split(MARKERS[1], 1)[1]
+    described = ", ".join(f"{k} {v}" for k, v in machine.items() if k != "matmul_peak_gflops")
+    lines = [f"Command: `{command}`", "", f"Machine: {described}.", "", table, "", "Targets:", ""]
+    lines += [
+        f"- {g['target']}: goal {g['goal']}, measured {g['measured']}: {verdict(g['met'])}" for g in goals
+    ]
+    BENCHMARKS_MD.write_text(head + MARKERS[0] + "\n" + "\n".join(lines) + "\n" + MARKERS[1] + tail)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    device = setup(args)
+    start = time.perf_counter()
+    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    rows: list[dict] = []
+    check = None
+    modules = (peak, inference, recondition, label_scaling, training, data_pipeline, readout)
+    for module in modules:
+        name = module.__name__
+        print(f"== {name}", flush=True)
+        result = module.main(sub_args(args, name))
+        rows += result["rows"] if name != "peak" else []
+        check = result.get("digits_map_check", check)
+    machine = machine_info(device)
+    machine["load_average_1min_at_start"] = round(load_before, 2) if load_before is not None else None
+    machine["matmul_peak_gflops"] = {
+        k: round(v / 1e9, 1) for k, v in peak.machine_peaks(device, args.quick).items()
+    }
+    goals = targets(rows, check)
+    prefix = "quick" if args.quick else "latest"
+    command = "python benchmarks/run_all.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    seconds = round(time.perf_counter() - start)
+    write_report(
+        RESULTS / f"{prefix}.json",
+        "all",
+        machine,
+        rows,
+        targets=goals,
+        command=command.strip(),
+        seconds=seconds,
+    )
+    plot(rows, RESULTS / f"{prefix}.png")
+    table = markdown_table(rows)
+    print(table)
+    for goal in goals:
+        print(f"{verdict(goal['met'])}: {goal['target']} ({goal['goal']}): {goal['measured']}")
+    if not args.quick:
+        update_markdown(table, machine, command.strip(), goals)
+    print(f"wrote {RESULTS / prefix}.json and .png in {seconds} s")
+    return {"rows": rows, "targets": goals}
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,47 @@
+"""Inference speed switches, all in one place: numeric precision, memory layout and compilation.
+
+Each switch was kept because ``benchmarks/`` showed that it pays (numbers in BENCHMARKS.md), and each has a
+default that changes no result:
+
+- ``precision``: ``"fp32"`` (default: the model's own numerics), ``"bf16"`` autocast (CPUs with AVX512-BF16
+  and GPUs; logits move by about 1e-2, mAP by well under 0.2 points), ``"fp16"`` (GPUs), or ``"auto"`` (bf16
+  where the hardware has it, else fp32);
+- ``channels_last``: NHWC convolutions, which oneDNN and cuDNN run faster; same float32 arithmetic up to the
+  order of summation (default off so a model is never changed behind its owner's back);
+- ``compile``: ``torch.compile`` of the backbone and the transformer; opt-in, because the first call at each
+  new input shape compiles for tens of seconds, which pays only for long-running services.
+
+Fused attention (``F.scaled_dot_product_attention``), ``torch.inference_mode`` and batched prediction are
+always on: they change nothing but speed and memory.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ctran.errors import CTranError
+from ctran.model import CTran
+from ctran.training.precision import resolve_precision
+
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")
+
+
+def optimize_for_inference(model: CTran, channels_last: bool = False, compile: bool = False) -> CTran:
+    """Apply the layout and compilation switches to ``model`` in place (it stays an ``nn.Module`` with the
+    same state dict) and return it."""
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    if compile:
+        model.backbone.compile()
+        model.encoder.compile()
+    return model
+
+
+def inference_precision(precision: str, device: torch.device | str) -> str:
+    """``precision`` checked and resolved for ``device`` (``auto`` -> ``bf16``/``fp16``/``fp32``)."""
+    if precision not in PRECISIONS:
+        raise CTranError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    resolved = resolve_precision(precision, device)
+    if resolved == "fp16" and torch.device(device).type != "cuda":
+        raise CTranError("fp16 inference needs a CUDA device; on CPU use bf16 or fp32")
+    return resolved
