@@ -99,10 +99,10 @@ def test_repeated_sigkill_at_random_points_then_resume(tmp_path: Path) -> None:
     """Kill the run at random moments (some during checkpoint writes) until it finishes; nothing breaks."""
     rng = random.Random(0)
     out = tmp_path / "run"
-    overrides = [*TINY, "train.epochs=6", "data.sizes={train: 160, val: 32, test: 32}"]
+    overrides = [*TINY, "train.epochs=6", "data.sizes={train: 640, val: 32, test: 32}"]
     process, kills = _train(out, overrides), 0
     while kills < 5:  # then let the last resume finish
-        deadline = time.time() + rng.uniform(1.0, 6.0)
+        deadline = time.time() + rng.uniform(1.5, 5.0)  # a (re)start alone takes about 3 s
         while time.time() < deadline and process.poll() is None:
             time.sleep(0.01)
         if process.poll() is not None:
