@@ -26,7 +26,7 @@ from torch.profiler import ProfilerActivity, profile
 from ctran.inference.performance import optimize_for_inference
 from ctran.model import CTran, build_model
 from ctran.report import write_json
-from ctran.training.precision import autocast
+from ctran.training.precision import autocast, resolve_precision
 
 Call = Callable[[], object]
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -43,6 +43,16 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def memory_gib() -> float:
+    """This machine's physical memory."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """bf16 in hardware: CUDA with bf16, or a CPU with AVX512-BF16 (what ``precision="auto"`` picks)."""
+    return resolve_precision("auto", device) == "bf16"
+
+
 def machine_info(device: torch.device) -> dict:
     """What the numbers were measured on, so they are compared only with like (the load average too)."""
     info = {
@@ -50,8 +60,8 @@ def machine_info(device: torch.device) -> dict:
         "processor": cpu_name(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
-        "cpu_bf16": bool(getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()),
-        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "cpu_bf16": bf16_supported(torch.device("cpu")),
+        "memory_gib": round(memory_gib(), 1),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "device": str(device),

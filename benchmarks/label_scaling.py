@@ -17,7 +17,6 @@ Run: ``.venv/bin/python benchmarks/label_scaling.py`` (see ``--help``).
 
 from __future__ import annotations
 
-import os
 import time
 
 import torch
@@ -30,6 +29,7 @@ from common import (
     machine_info,
     make_model,
     markdown_table,
+    memory_gib,
     run_with_peak,
     setup,
     time_interleaved,
@@ -82,10 +82,9 @@ def bench_labels(labels: int, args, peaks: dict[str, float], device: torch.devic
         ref_out, ref_peak = run_with_peak(calls["ref"], device)
         details["max_abs_logit_diff_vs_ref"] = check_parity(ours_out, ref_out, f"L={labels}")
     else:
-        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
         details["ref_failed"] = (
             f"not run: needs about {estimate / 2**30:.1f} GiB (> --ref-max-gib {args.ref_max_gib:g}; "
-            f"this machine has {memory:.1f} GiB)"
+            f"this machine has {memory_gib():.1f} GiB)"
         )
     times = time_interleaved(calls, budget_from(args, 20.0).repeats(time.perf_counter() - start), device)
     return contract_row(

@@ -20,7 +20,7 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
-from common import base_parser, machine_info, setup, synchronize, write_report
+from common import base_parser, bf16_supported, machine_info, setup, synchronize, write_report
 from ctran.model import build_model
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -45,13 +45,6 @@ def count_flops(call) -> int:
     with FlopCounterMode(display=False, custom_mapping=CPU_FLASH) as counter:
         call()
     return counter.get_total_flops()
-
-
-def bf16_supported(device: torch.device) -> bool:
-    """bf16 matmuls in hardware: CUDA with bf16, or a CPU with AVX512-BF16 (or AMX)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return bool(getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)())
 
 
 def matmul_peak(precision: str, device: torch.device, sizes: tuple[int, ...] = (1024, 2048, 4096)) -> float:

@@ -1,18 +1,21 @@
 """Inference speed switches, all in one place: numeric precision, memory layout and compilation.
 
-Each switch was kept because ``benchmarks/`` showed that it pays (numbers in BENCHMARKS.md), and each has a
-default that changes no result:
+Each was kept because ``benchmarks/`` showed that it pays (numbers in BENCHMARKS.md; ResNet-101 at 576 on a
+2-core AVX512-BF16 CPU), and each has a default that changes no result:
 
 - ``precision``: ``"fp32"`` (default: the model's own numerics), ``"bf16"`` autocast (CPUs with AVX512-BF16
-  and GPUs; logits move by about 1e-2, mAP by well under 0.2 points), ``"fp16"`` (GPUs), or ``"auto"`` (bf16
-  where the hardware has it, else fp32);
-- ``channels_last``: NHWC convolutions, which oneDNN and cuDNN run faster; same float32 arithmetic up to the
-  order of summation (default off so a model is never changed behind its owner's back);
-- ``compile``: ``torch.compile`` of the backbone and the transformer; opt-in, because the first call at each
-  new input shape compiles for tens of seconds, which pays only for long-running services.
+  and GPUs: about 2.6x alone; logits move by a few hundredths, the digit-scenes mAP by 0.04 points),
+  ``"fp16"`` (GPUs), or ``"auto"`` (bf16 where the hardware has it, else fp32);
+- ``channels_last``: NHWC convolutions, which oneDNN and cuDNN run faster (about 5% in float32, 25% in
+  bf16); the same float32 arithmetic up to the order of summation. ``ctran.load`` turns it on with a reduced
+  precision and leaves float32 models untouched;
+- ``compile``: ``torch.compile`` of the backbone and the transformer; opt-in: about 5% more after about 30 s
+  of compiling at each new input shape, which pays only for long-running services.
 
 Fused attention (``F.scaled_dot_product_attention``), ``torch.inference_mode`` and batched prediction are
-always on: they change nothing but speed and memory.
+always on: they change nothing but speed and memory. Faster JPEG decoding with ``torchvision.io`` was
+measured too (about 2x faster than PIL per image, identical pixels) but is not used here: decoding is under
+1% of a prediction's time at the paper's setting.
 """
 
 from __future__ import annotations
