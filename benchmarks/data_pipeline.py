@@ -65,6 +65,7 @@ def consumption(args) -> dict[str, float]:
 
 
 def loader_rows(args, folder: Path) -> list[dict]:
+    """One row per (size, workers); the 224 rows also hold the training step's consumption rate."""
     rows = []
     train_rates = consumption(args)
     for name, size in SIZES.items():

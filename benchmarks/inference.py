@@ -64,7 +64,7 @@ DEMO_SHAPE = {"labels": 20, "backbone": "small_cnn", "dim": 128, "image_size": 4
 def parse_args(argv: list[str] | None = None):
     p = base_parser(__doc__, "inference")
     p.add_argument("--full", action="store_true", help="every size x L x batch setting (about 3x longer)")
-    p.add_argument("--compile", action="store_true", help="also time torch.compile (about 45 s to compile)")
+    p.add_argument("--compile", action="store_true", help="also time torch.compile (30-45 s to compile)")
     p.add_argument(
         "--demo-checkpoint",
         type=Path,
@@ -135,6 +135,7 @@ def tolerance(variant: Variant) -> float:
 
 
 def paper_rows(settings: list, args, peaks: dict[str, float], device: torch.device) -> list[dict]:
+    """ResNet-101 C-Tran (random weights) at each (size, labels, batch) setting."""
     rows = []
     for i, (size, labels, batch) in enumerate(settings):
         model = make_model(labels).to(device)
@@ -154,11 +155,11 @@ def demo_model(path: Path, device: torch.device) -> tuple[CTran, dict | None]:
         model, payload = load_checkpoint(path, device)
         return model, payload
     print(f"{path} not found (run `make demo`): digits rows use random weights, no mAP check")
-    shape = DEMO_SHAPE
-    return make_model(shape["labels"], shape["backbone"], shape["dim"]).to(device), None
+    return make_model(DEMO_SHAPE["labels"], DEMO_SHAPE["backbone"], DEMO_SHAPE["dim"]).to(device), None
 
 
 def digits_rows(args, peaks: dict[str, float], device: torch.device) -> tuple[list[dict], dict | None]:
+    """The digit-scenes model on random 48 x 48 inputs, and its mAP check when it is the demo checkpoint."""
     model, payload = demo_model(args.demo_checkpoint, device)
     batch = 64 if args.quick else 256
     size, labels = DEMO_SHAPE["image_size"], model.num_labels

@@ -148,6 +148,7 @@ def sweep_row(name: str, model: CTran, loader: DataLoader, budget: Budget, peaks
 
 
 def sweep_rows(args, names: list[str], budget: Budget, peaks: dict, device: torch.device) -> list[dict]:
+    """The sweep on digit-scenes test images (demo) and on JPEG photos through the CSV reader (paper)."""
     rows = []
     if "demo" in names:
         scenes = 128 if args.quick else args.scenes

@@ -40,7 +40,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="a 1-2 minute smoke run (results named quick*)")
     p.add_argument("--full", action="store_true", help="every inference setting (about 3x longer)")
-    p.add_argument("--compile", action="store_true", help="also time torch.compile (about 45 s to compile)")
+    p.add_argument("--compile", action="store_true", help="also time torch.compile (30-45 s to compile)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own)")
     p.add_argument(
         "--demo-checkpoint",

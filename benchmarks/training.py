@@ -71,6 +71,7 @@ def train_step(model: nn.Module, images: torch.Tensor, truth: torch.Tensor, prec
 
 
 def bench_model(name: str, args, peaks: dict[str, float], device: torch.device) -> list[dict]:
+    """Ours (fp32, and bf16 where supported) vs the reference, one training step each per round."""
     spec = MODELS[name]
     batch = 16 if args.quick and name == "digits" else spec["batch"]
     model = make_model(spec["labels"], spec["backbone"], spec["dim"]).to(device)
