@@ -12,6 +12,8 @@ LAYERS = {
     "states": 0,
     "errors": 0,
     "files": 0,
+    "devices": 1,
+    "normalization": 0,
     "metrics": 1,
     "config": 1,
     "model": 2,

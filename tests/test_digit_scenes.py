@@ -10,7 +10,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from ctran.data import IMAGENET_MEAN, IMAGENET_STD, Sample
+from ctran.data import Sample
+from ctran.normalization import IMAGENET
 from ctran.data.digit_scenes import (
     CONTEXT_NAMES,
     CONTEXTS,
@@ -216,8 +217,8 @@ def test_dataset_samples():
     assert torch.equal(sample.targets, torch.from_numpy(data.targets[3]).long())
     assert torch.equal(sample.extras, torch.from_numpy(data.extras[3]).long())
     # Grey replicated to RGB and ImageNet-normalised.
-    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    mean = torch.tensor(IMAGENET.mean).view(3, 1, 1)
+    std = torch.tensor(IMAGENET.std).view(3, 1, 1)
     raw = sample.image * std + mean
     grey = torch.from_numpy(data.images[3]).float() / 255
     torch.testing.assert_close(raw, grey.expand(3, -1, -1), atol=1e-5, rtol=0)

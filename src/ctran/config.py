@@ -55,6 +55,8 @@ class DataConfig:
     options: dict[str, str] = field(default_factory=dict)  # the format's own, e.g. {difficult: negative}
     num_workers: int = 4
     on_bad_image: str = "skip"  # skip | fail
+    mean: list[float] | None = None  # input normalisation; None: the backbone's pretrained config's
+    std: list[float] | None = None
 
 
 @dataclass
@@ -78,7 +80,9 @@ class TrainConfig:
     asl_gamma_pos: float = 0.0
     asl_clip: float = 0.05
     label_mask: bool = True  # Label Mask Training; False: all labels unknown, loss on all (the ablation)
-    max_known_fraction: float = 0.75
+    max_known_fraction: float = 0.75  # of the labels LMT may reveal
+    lmt_labels: str = "all"  # all | extras: which labels LMT may reveal (CUB-312: extras; classes never)
+    extra_loss: bool = False  # also train the extra labels' outputs where unknown (CUB-312 concepts)
     grad_clip: float = 0.0  # max gradient norm (0: off)
     max_bad_steps: int = 10  # stop after this many consecutive steps with a non-finite loss or gradient
     ema_decay: float = 0.0  # 0: off; e.g. 0.9997 as in ASL/Query2Label
@@ -116,6 +120,7 @@ CHOICES = {
     "train.freeze_backbone": ("none", "all", "all_but_last"),
     "train.schedule": ("plateau", "cosine", "onecycle"),
     "train.loss": ("bce", "asl"),
+    "train.lmt_labels": ("all", "extras"),
     "train.precision": ("auto", "fp32", "bf16", "fp16"),
 }
 

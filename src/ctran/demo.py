@@ -18,7 +18,8 @@ from ctran.data.base import LabeledImages
 from ctran.model import build_baseline, build_from_config
 from ctran.report import flatten_settings, metrics_table, plot_map_vs_known, write_json
 from ctran.states import unknown_states
-from ctran.training.distributed import DistContext, resolve_device
+from ctran.devices import resolve_device
+from ctran.training.distributed import DistContext
 from ctran.training.evaluation import evaluate, standard_settings
 from ctran.training.loaders import eval_loader
 from ctran.training.run import build_datasets, checkpoint_meta, model_config
@@ -40,13 +41,14 @@ def run_demo(out: str | Path, config: Config | None = None, progress: bool = Tru
     num_targets, num_labels = len(data["train"].target_names), len(data["train"].label_names)
 
     torch.manual_seed(config.seed)
-    ctran_model = build_from_config(model_config(config, num_labels))
+    ctran_model = build_from_config(model_config(config, num_labels), initial_weights=True)
     ctran_run = Trainer(
         ctran_model, data["train"], data["val"], config, ctx, progress=progress, desc="C-Tran"
     ).fit()
     baseline_config = dataclasses.replace(config, train=dataclasses.replace(config.train, label_mask=False))
     torch.manual_seed(config.seed)
-    baseline = build_baseline(num_targets, backbone=config.model.backbone)
+    model = config.model
+    baseline = build_baseline(num_targets, model.backbone, model.pretrained, model.backbone_weights)
     baseline_run = Trainer(
         baseline, data["train"], data["val"], baseline_config, ctx, progress=progress, desc="baseline"
     ).fit()

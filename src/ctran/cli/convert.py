@@ -15,7 +15,12 @@ def register(commands: argparse._SubParsersAction) -> None:
         description="Read a state dict saved by the official C-Tran code (a 'module.' prefix and a "
         "'state_dict' wrapper are handled), map its keys onto ctran's model, and write a checkpoint that "
         "ctran predict/explain/export and ctran.load read. Labels, hidden size, layers and the ResNet depth "
-        "are read off the weights; the head count is not stored in them.",
+        "are read off the weights. The head count is NOT stored in them: any --heads dividing the hidden "
+        "size loads without error but gives different outputs, so pass the --heads the model was trained "
+        "with (its training command or log; official default 4). --no-lmt is for models trained without "
+        "--use_lmt: with it the state embedding is zeroed and known labels have no effect; without it, a "
+        "no-LMT model gets its untrained state rows added to every label token (wrong logits). The command "
+        "warns when the state rows look untrained.",
     )
     p.add_argument("source", type=Path, metavar="OFFICIAL.pt", help="the official checkpoint")
     p.add_argument("out", type=Path, metavar="OUT.pt", help="the ctran checkpoint to write")
@@ -37,9 +42,22 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def _run_convert(args: argparse.Namespace) -> int:
-    from ctran.inference.official import convert_official
+    from ctran.inference.official import convert_official, read_official, state_rows_look_untrained
     from ctran.report import write_json
 
+    untrained = state_rows_look_untrained(read_official(args.source))
+    if untrained and not args.no_lmt:
+        print(
+            "warning: the negative/positive state rows look untrained (same spread as the unknown row): "
+            "this model was probably trained without --use_lmt. If so, convert again with --no-lmt, or "
+            "every label token gets an untrained state row added"
+        )
+    if args.no_lmt and not untrained:
+        print("warning: --no-lmt given, but the state rows look trained: known labels will be ignored")
+    print(
+        f"assuming {args.heads} attention heads: the head count is not stored in the weights; a wrong "
+        "--heads loads without error but changes every output (check the model's training command)"
+    )
     path, config = convert_official(
         args.source,
         args.out,

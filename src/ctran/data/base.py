@@ -1,14 +1,10 @@
-"""The one sample structure every dataset yields, and the image normalisation models expect."""
+"""The one sample structure every dataset yields."""
 
 from __future__ import annotations
 
 from typing import NamedTuple
 
 import torch
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
 
 class Sample(NamedTuple):
     """One image with its annotation; ``default_collate`` batches each field."""
@@ -33,9 +29,3 @@ class LabeledImages(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> Sample:
         raise NotImplementedError
 
-
-def normalize(images: torch.Tensor) -> torch.Tensor:
-    """Float RGB in [0, 1], (..., 3, H, W) -> ImageNet-normalised, what every backbone here expects."""
-    mean = torch.tensor(IMAGENET_MEAN, dtype=images.dtype, device=images.device).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=images.dtype, device=images.device).view(3, 1, 1)
-    return (images - mean) / std

@@ -34,7 +34,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ctran.data.base import LabeledImages, Sample, normalize
+from ctran.data.base import LabeledImages, Sample
+from ctran.normalization import IMAGENET, Normalization, normalize
 from ctran.errors import CTranError
 
 CONTEXTS = ("kitchen", "street", "beach", "office")
@@ -98,21 +99,38 @@ def tag_table() -> np.ndarray:
     return table
 
 
-def source_pools(seed: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Split load_digits 60/20/20 stratified by class: {split: (images (n, 8, 8) in [0, 1], classes (n,))}."""
+def source_indices(seed: int) -> dict[str, np.ndarray]:
+    """Split load_digits 60/20/20 stratified by class: {split: indices into ``load_digits()``}."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
-    digits = load_digits()
-    images = digits.images.astype(np.float32) / 16.0
-    classes = digits.target
+    if seed < 0:
+        raise CTranError(f"the digits seed must be a non-negative integer, got {seed}")
+    classes = load_digits().target
     idx = np.arange(len(classes))
     train_idx, rest = train_test_split(idx, train_size=0.6, stratify=classes, random_state=seed)
     val_idx, test_idx = train_test_split(rest, train_size=0.5, stratify=classes[rest], random_state=seed)
-    return {
-        name: (images[i], classes[i])
-        for name, i in (("train", train_idx), ("val", val_idx), ("test", test_idx))
-    }
+    return {"train": train_idx, "val": val_idx, "test": test_idx}
+
+
+def source_pools(seed: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{split: (images (n, 8, 8) in [0, 1], classes (n,))}: the source digits each split draws from."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = digits.images.astype(np.float32) / 16.0
+    return {name: (images[i], digits.target[i]) for name, i in source_indices(seed).items()}
+
+
+def training_overlap(train_seed: int, seed: int, split: str) -> float:
+    """Fraction of ``split``'s source digits under ``seed`` that were in the training pool of ``train_seed``.
+
+    Scenes of another seed are drawn from other pools, so a model trained with one seed has seen most
+    digits of another seed's test split: such an evaluation would measure memory, not generalisation.
+    """
+    seen = set(source_indices(train_seed)["train"].tolist())
+    pool = source_indices(seed)[split]
+    return sum(int(i) in seen for i in pool) / len(pool)
 
 
 def _upsample(digit: np.ndarray) -> np.ndarray:
@@ -178,8 +196,6 @@ def generate_split(split: str, seed: int = 0, size: int | None = None) -> DigitS
     """Generate one split deterministically from (seed, split); ``size`` overrides the standard size."""
     if split not in SPLIT_SIZES:
         raise CTranError(f"unknown digits split {split!r}; expected one of {', '.join(SPLIT_SIZES)}")
-    if seed < 0:
-        raise CTranError(f"the digits seed must be a non-negative integer, got {seed}")
     n = SPLIT_SIZES[split] if size is None else size
     if n < 1:
         raise CTranError(f"the number of {split} scenes must be positive, got {n}")
@@ -197,15 +213,15 @@ def generate_split(split: str, seed: int = 0, size: int | None = None) -> DigitS
 
 
 class DigitScenesDataset(LabeledImages):
-    """A split of digit scenes as ``Sample``s: grey scenes replicated to RGB, ImageNet-normalised."""
+    """A split of digit scenes as ``Sample``s: grey scenes replicated to RGB, normalised with ``norm``."""
 
     target_names = DIGIT_NAMES + TAG_NAMES
     extra_names = CONTEXT_NAMES
 
-    def __init__(self, scenes: DigitScenes) -> None:
+    def __init__(self, scenes: DigitScenes, norm: Normalization = IMAGENET) -> None:
         self.scenes = scenes
         grey = torch.from_numpy(scenes.images)[:, None].float() / 255.0  # (N, 1, 48, 48)
-        self._images = normalize(grey.expand(-1, 3, -1, -1))  # (N, 3, 48, 48); 110 MB for 12k
+        self._images = normalize(grey.expand(-1, 3, -1, -1), norm)  # (N, 3, 48, 48); 110 MB for 12k
         self._targets = torch.from_numpy(scenes.targets).long()
         self._extras = torch.from_numpy(scenes.extras).long()
 
@@ -216,6 +232,8 @@ class DigitScenesDataset(LabeledImages):
         return Sample(self._images[index], self._targets[index], self._extras[index], index)
 
 
-def load_digit_scenes(split: str, seed: int = 0, size: int | None = None) -> DigitScenesDataset:
+def load_digit_scenes(
+    split: str, seed: int = 0, size: int | None = None, norm: Normalization = IMAGENET
+) -> DigitScenesDataset:
     """The ready-to-train dataset for one split."""
-    return DigitScenesDataset(generate_split(split, seed, size))
+    return DigitScenesDataset(generate_split(split, seed, size), norm)

@@ -22,13 +22,14 @@ from ctran.data.digit_scenes import SPLIT_SIZES, DigitScenes, DigitScenesDataset
 from ctran.data.images import DenseLabels
 from ctran.data.transforms import PAPER_CROPS, eval_transform, train_transform
 from ctran.errors import CTranError
+from ctran.normalization import IMAGENET, Normalization
 
 
 class DigitScenesImages(DigitScenesDataset):
     """The bundled digit scenes with the interface of the file datasets (label tables, ids; no files)."""
 
-    def __init__(self, scenes: DigitScenes) -> None:
-        super().__init__(scenes)
+    def __init__(self, scenes: DigitScenes, norm: Normalization = IMAGENET) -> None:
+        super().__init__(scenes, norm)
         self.target_table = DenseLabels(scenes.targets)
         self.extra_table = DenseLabels(scenes.extras)
         self.missing_files: list[str] = []
@@ -47,11 +48,13 @@ class DigitScenesImages(DigitScenesDataset):
         return self.scenes.extras
 
 
-def _load_digits(root, split, *, transform=None, on_bad_image="skip", seed=0, size=None) -> DigitScenesImages:
+def _load_digits(
+    root, split, *, transform=None, on_bad_image="skip", seed=0, size=None, norm=IMAGENET
+) -> DigitScenesImages:
     """Digit scenes ignore ``root`` and the image transform: they are generated at 48 x 48."""
     if split not in SPLIT_SIZES:
         raise CTranError(f"digits splits are {', '.join(SPLIT_SIZES)}, not {split!r}")
-    return DigitScenesImages(generate_split(split, seed, None if size is None else int(size)))
+    return DigitScenesImages(generate_split(split, seed, None if size is None else int(size)), norm)
 
 
 @dataclass(frozen=True)
@@ -125,13 +128,14 @@ def build_dataset(
     crop_sizes: Sequence[int] = PAPER_CROPS,
     seed: int = 0,
     on_bad_image: str = "skip",
+    norm: Normalization = IMAGENET,
     **options,
 ) -> LabeledImages:
     """One publisher split, with the paper's train (``train=True``) or test transform at ``image_size``.
 
     ``scale_size`` is the resize before cropping (None: resize straight to ``image_size``), ``crop_sizes``
-    the random crops of training; ``seed`` only matters for ``digits`` (scene generation); ``options`` are
-    the format's own (``REGISTRY[format].options``).
+    the random crops of training; ``seed`` only matters for ``digits`` (scene generation); ``norm`` is the
+    backbone's input normalisation; ``options`` are the format's own (``REGISTRY[format].options``).
     """
     spec = get_format(format)
     unknown = sorted(set(options) - set(spec.options))
@@ -141,8 +145,8 @@ def build_dataset(
     if spec.splits is not None and split not in spec.splits:
         raise CTranError(f"{format} has no split {split!r}; its splits are {', '.join(spec.splits)}")
     if format == "digits":
-        options["seed"] = seed
-    transform = _transform(train, image_size, scale_size, crop_sizes)
+        options.update(seed=seed, norm=norm)
+    transform = _transform(train, image_size, scale_size, crop_sizes, norm)
     return spec.load(root, split, transform=transform, on_bad_image=on_bad_image, **options)
 
 
@@ -157,6 +161,7 @@ def load_splits(
     val_fraction: float = 0.1,
     on_bad_image: str = "skip",
     splits: dict[str, str] | None = None,
+    norm: Normalization = IMAGENET,
     **options,
 ) -> dict[str, LabeledImages]:
     """``{"train", "val", "test"}``: the publisher's splits; ``val`` held out of training if there is none.
@@ -175,6 +180,7 @@ def load_splits(
         "crop_sizes": crop_sizes,
         "seed": seed,
         "on_bad_image": on_bad_image,
+        "norm": norm,
     }
     test = build_dataset(format, root, roles["test"], **common, **options)
     if has_val:
@@ -187,7 +193,7 @@ def load_splits(
     train_rows, val_rows = held_out(len(full), val_fraction, seed)
     return {
         "train": full.subset(train_rows),
-        "val": full.subset(val_rows, transform=_transform(False, image_size, scale_size, crop_sizes)),
+        "val": full.subset(val_rows, transform=_transform(False, image_size, scale_size, crop_sizes, norm)),
         "test": test,
     }
 
@@ -217,7 +223,9 @@ def _has_split(format: str, root: str | Path | None, split: str, options: dict) 
     return True
 
 
-def _transform(train: bool, image_size: int, scale_size: int | None, crop_sizes: Sequence[int]):
+def _transform(
+    train: bool, image_size: int, scale_size: int | None, crop_sizes: Sequence[int], norm: Normalization
+):
     if train:
-        return train_transform(image_size, scale_size or image_size, tuple(crop_sizes))
-    return eval_transform(image_size, scale_size)
+        return train_transform(image_size, scale_size or image_size, tuple(crop_sizes), norm=norm)
+    return eval_transform(image_size, scale_size, norm)

@@ -2,7 +2,8 @@
 
 Train (C-Tran, all photo datasets): resize to ``scale_size`` (640), one random crop among
 ``crop_sizes`` (640, 576, 512, 384, 320), resize to ``image_size`` (576), horizontal flip, ImageNet
-normalisation. Test: resize to ``scale_size``, centre crop ``image_size``.
+normalisation with the backbone's mean/std (``ctran.normalization``; ImageNet's by default). Test: resize to
+``scale_size``, centre crop ``image_size``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import torch
 from PIL import Image, ImageOps
 from torchvision.transforms import v2
 
-from ctran.data.base import IMAGENET_MEAN, IMAGENET_STD
+from ctran.normalization import IMAGENET, Normalization
 
 PAPER_CROPS = (640, 576, 512, 384, 320)
 
@@ -38,12 +39,16 @@ def load_image(source: str | Path | Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def _to_normalized_tensor() -> list:
-    return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+def _to_normalized_tensor(norm: Normalization) -> list:
+    return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(norm.mean, norm.std)]
 
 
 def train_transform(
-    image_size: int = 576, scale_size: int = 640, crop_sizes: tuple[int, ...] = PAPER_CROPS, flip: bool = True
+    image_size: int = 576,
+    scale_size: int = 640,
+    crop_sizes: tuple[int, ...] = PAPER_CROPS,
+    flip: bool = True,
+    norm: Normalization = IMAGENET,
 ) -> v2.Compose:
     """The paper's multi-scale crop augmentation; crop sizes above ``scale_size`` are dropped."""
     crops = [v2.RandomCrop(size) for size in crop_sizes if size <= scale_size] or [v2.RandomCrop(scale_size)]
@@ -51,13 +56,15 @@ def train_transform(
     steps += [v2.Resize((image_size, image_size), antialias=True)]
     if flip:
         steps.append(v2.RandomHorizontalFlip())
-    return v2.Compose(steps + _to_normalized_tensor())
+    return v2.Compose(steps + _to_normalized_tensor(norm))
 
 
-def eval_transform(image_size: int = 576, scale_size: int | None = 640) -> v2.Compose:
+def eval_transform(
+    image_size: int = 576, scale_size: int | None = 640, norm: Normalization = IMAGENET
+) -> v2.Compose:
     """Resize to ``scale_size`` then centre-crop ``image_size`` (plain resize when ``scale_size`` is None)."""
     if scale_size is None or scale_size == image_size:
         steps = [v2.Resize((image_size, image_size), antialias=True)]
     else:
         steps = [v2.Resize((scale_size, scale_size), antialias=True), v2.CenterCrop(image_size)]
-    return v2.Compose(steps + _to_normalized_tensor())
+    return v2.Compose(steps + _to_normalized_tensor(norm))

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ctran.data.base import IMAGENET_MEAN, IMAGENET_STD
 from ctran.report import write_json
+from ctran.normalization import IMAGENET, Normalization, denormalize
 
 
 @dataclass
@@ -92,8 +92,10 @@ def explain_attention(
     labels: list[str],
     attentions: list[torch.Tensor],
     rollout: bool = False,
+    norm: Normalization = IMAGENET,
 ) -> Explanation:
-    """Build the Explanation of one image from its normalised pixels (3, H, W) and attention weights."""
+    """Build the Explanation of one image from its pixels (3, H, W), normalised with ``norm``, and attention
+    weights."""
     flow = attention_flow(attentions, rollout)[0].cpu()  # (N, N)
     num_labels = len(label_names)
     num_tokens = flow.shape[0] - num_labels
@@ -104,7 +106,7 @@ def explain_attention(
     maps = {name: flow[num_tokens + index[name], :num_tokens].reshape(h, w).numpy() for name in labels}
     return Explanation(
         image=image,
-        picture=_to_picture(pixels),
+        picture=_to_picture(pixels, norm),
         grid=(h, w),
         label_names=list(label_names),
         labels=list(labels),
@@ -116,11 +118,9 @@ def explain_attention(
     )
 
 
-def _to_picture(pixels: torch.Tensor) -> np.ndarray:
-    """Undo the ImageNet normalisation: (3, H, W) float -> (H, W, 3) uint8."""
-    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-    rgb = (pixels.detach().cpu().float() * std + mean).clamp(0, 1)
+def _to_picture(pixels: torch.Tensor, norm: Normalization) -> np.ndarray:
+    """Undo the normalisation: (3, H, W) float -> (H, W, 3) uint8."""
+    rgb = denormalize(pixels, norm)
     return (rgb.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
 
 

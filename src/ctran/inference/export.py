@@ -1,9 +1,9 @@
 """Ship a trained C-Tran as ONNX or TorchScript: ``logits = f(image, label_states)`` with a dynamic batch.
 
-Inputs: ``image`` (B, 3, S, S) float32, ImageNet-normalised; ``label_states`` (B, L) int64 in {-1, 0, 1}
-(targets then extras, as ``ctran.states``). Output: ``logits`` (B, L). Label names, input size, normalisation
-and calibrated thresholds travel inside the file (ONNX metadata property ``ctran``; TorchScript extra file
-``ctran.json``), so a consumer needs nothing else.
+Inputs: ``image`` (B, 3, S, S) float32, normalised with the checkpoint's mean/std; ``label_states`` (B, L)
+int64 in {-1, 0, 1} (targets then extras, as ``ctran.states``). Output: ``logits`` (B, L). Label names, input
+size, normalisation and calibrated thresholds travel inside the file (ONNX metadata property ``ctran``;
+TorchScript extra file ``ctran.json``), so a consumer needs nothing else.
 
 Both formats are produced by tracing (``torch.onnx.export(dynamo=False)``, ``torch.jit.trace``). The
 ``torch.export``-based ONNX exporter cannot take the model's data-dependent check of the state values; the
@@ -24,7 +24,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from ctran.data.base import IMAGENET_MEAN, IMAGENET_STD
 from ctran.errors import CTranError
 from ctran.inference.predictor import Predictor
 from ctran.states import UNKNOWN
@@ -69,8 +68,8 @@ def metadata(predictor: Predictor) -> dict:
         "extra_names": predictor.extra_names,
         "image_size": predictor.image_size,
         "scale_size": predictor.scale_size,
-        "mean": list(IMAGENET_MEAN),
-        "std": list(IMAGENET_STD),
+        "mean": list(predictor.normalization.mean),
+        "std": list(predictor.normalization.std),
         "thresholds": thresholds,
     }
 

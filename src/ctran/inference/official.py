@@ -136,6 +136,18 @@ def convert_state(state: dict[str, torch.Tensor], lmt: bool = True) -> dict[str,
     return converted
 
 
+def state_rows_look_untrained(state: dict[str, torch.Tensor], tolerance: float = 0.05) -> bool:
+    """Whether the negative/positive state rows still look like the never-trained unknown row.
+
+    The official code initialises all three rows alike and row 0 never receives gradient, so in a model
+    trained without LMT (no state embedding in its forward pass) rows 1 and 2 keep the spread of row 0;
+    LMT training moves them away from it. A heuristic for a warning, not a proof.
+    """
+    rows = state["known_label_lt.weight"].float()  # (3, D)
+    spread = rows.std(dim=1)  # (3,)
+    return bool(((spread[1:] - spread[0]).abs() <= tolerance * spread[0]).all())
+
+
 def _rename(key: str) -> str | None:
     match = LAYER_KEY.match(key)
     if match:
@@ -183,7 +195,11 @@ def convert_official(
     scale_size: int | None = 640,
     lmt: bool = True,
 ) -> tuple[Path, dict]:
-    """Convert an official checkpoint file to a ctran checkpoint that ``ctran.load`` reads."""
+    """Convert an official checkpoint file to a ctran checkpoint that ``ctran.load`` reads.
+
+    The head count is not in the weights (any count dividing D loads, with different outputs), and whether
+    the model was trained with LMT is only guessed (``state_rows_look_untrained``): the CLI says both.
+    """
     state = read_official(source)
     model, config = build_converted(state, heads, lmt)
     names = read_label_names(labels, config["num_labels"])

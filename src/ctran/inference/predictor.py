@@ -18,12 +18,14 @@ from PIL import Image
 from tqdm import tqdm
 
 from ctran.checkpoint import load_checkpoint
+from ctran.devices import resolve_device
 from ctran.data.transforms import eval_transform, load_image
 from ctran.errors import CTranError
 from ctran.inference.explain import Explanation, explain_attention
 from ctran.inference.known import LabelSpec, label_states, unknown_label
 from ctran.inference.performance import inference_precision, optimize_for_inference
 from ctran.model import CTran
+from ctran.normalization import Normalization, as_normalization
 from ctran.states import POSITIVE, UNKNOWN
 from ctran.training.precision import autocast
 
@@ -80,6 +82,7 @@ class Predictor:
         device: torch.device | str = "cpu",
         batch_size: int = 32,
         precision: str = "fp32",
+        normalization: Normalization | dict | None = None,
     ) -> None:
         if not isinstance(model, CTran):
             raise CTranError(f"a Predictor needs a C-Tran model, got {type(model).__name__}")
@@ -92,13 +95,14 @@ class Predictor:
             )
         if thresholds is not None and len(thresholds) != len(self.target_names):
             raise CTranError(f"{len(thresholds)} thresholds for {len(self.target_names)} target labels")
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.precision = inference_precision(precision, self.device)
         self.model = model.to(self.device).eval()
         self.image_size, self.scale_size = image_size, scale_size
         self.thresholds = None if thresholds is None else np.asarray(thresholds, dtype=np.float64)
         self.batch_size = batch_size
-        self._transform = eval_transform(image_size, scale_size) if image_size else None
+        self.normalization = as_normalization(normalization)
+        self._transform = eval_transform(image_size, scale_size, self.normalization) if image_size else None
 
     @property
     def label_names(self) -> list[str]:
@@ -117,7 +121,7 @@ class Predictor:
                 shape = tuple(source.shape)
                 raise CTranError(f"image tensors must be (3, H, W) or (B, 3, H, W), got {shape}")
             if not source.is_floating_point():
-                raise CTranError("image tensors must be float and normalised (see ctran.data.normalize)")
+                raise CTranError("image tensors must be float and normalised (see Predictor.normalization)")
             return source.float(), f"tensor {position}", (source.shape[2], source.shape[1])
         if isinstance(source, Image.Image):
             name = getattr(source, "filename", "") or f"image {position}"
@@ -229,6 +233,7 @@ class Predictor:
             chosen,
             output.attentions,
             rollout,
+            self.normalization,
         )
 
     # ------------------------------------------------------------------------------------- helpers
@@ -338,6 +343,7 @@ def load(
     ``ctran.inference.performance``; the defaults reproduce the model's float32 results. ``channels_last``
     defaults to on with a reduced precision (the layout its convolutions run fastest in), off in fp32.
     """
+    device = resolve_device(device)
     model, meta = load_checkpoint(path, device)
     if not isinstance(model, CTran):
         raise CTranError(f"{path} holds a {type(model).__name__}, not C-Tran; only C-Tran takes known labels")
@@ -353,6 +359,7 @@ def load(
         device,
         batch_size,
         precision,
+        meta.get("normalization"),
     )
 
 

@@ -9,11 +9,19 @@ from pathlib import Path
 
 from torch import nn
 
-from ctran.model.backbone import build_backbone
+from ctran.model.backbone import backbone_normalization, build_backbone
 from ctran.model.baseline import PooledLinear
 from ctran.model.ctran import CTran, Output
 
-__all__ = ["CTran", "Output", "PooledLinear", "build_baseline", "build_from_config", "build_model"]
+__all__ = [
+    "CTran",
+    "Output",
+    "PooledLinear",
+    "backbone_normalization",
+    "build_baseline",
+    "build_from_config",
+    "build_model",
+]
 
 
 def build_model(
@@ -43,17 +51,26 @@ def build_model(
     )
 
 
-def build_baseline(num_labels: int, backbone: str = "resnet101", pretrained: bool = False) -> PooledLinear:
+def build_baseline(
+    num_labels: int,
+    backbone: str = "resnet101",
+    pretrained: bool = False,
+    backbone_weights: str | Path | None = None,
+) -> PooledLinear:
     """The pooled-CNN baseline on the same backbone."""
-    return PooledLinear(build_backbone(backbone, pretrained), num_labels)
+    return PooledLinear(build_backbone(backbone, pretrained, backbone_weights), num_labels)
 
 
-def build_from_config(config: dict) -> nn.Module:
-    """Rebuild a model from the ``{"kind": "ctran"|"baseline", **options}`` dict stored in checkpoints."""
+def build_from_config(config: dict, initial_weights: bool = False) -> nn.Module:
+    """A model from the ``{"kind": "ctran"|"baseline", **options}`` dict of configs and checkpoints.
+
+    ``initial_weights=True`` (training) honours ``pretrained`` and ``backbone_weights``; otherwise both are
+    dropped, since a checkpoint carries its weights and loading one must never download.
+    """
     options = dict(config)
     kind = options.pop("kind", "ctran")
-    options.pop("pretrained", None)  # weights come from the checkpoint, never from a download
-    options.pop("backbone_weights", None)
+    if not initial_weights:
+        options.update(pretrained=False, backbone_weights=None)
     if kind == "ctran":
         return build_model(**options)
     if kind == "baseline":

@@ -5,6 +5,9 @@ Two kinds share this interface (a ``num_channels`` attribute and ``forward(image
   transformer backbones (ViT, Swin) have their tokens laid back on their patch grid;
 - ``SmallCNN`` (name ``small_cnn``), a light conv net sized for the bundled 48 x 48 digit scenes
   (a 6 x 6 grid of tokens, one 2 x 2 block per scene cell).
+
+``backbone_normalization`` says how input pixels must be normalised for a backbone's weights (timm's
+pretrained configuration), so training and every inference path prepare images alike.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import torch
 from torch import nn
 
 from ctran.errors import CTranError
+from ctran.normalization import IMAGENET, Normalization
 
 
 def _conv_bn_relu(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
@@ -104,7 +108,9 @@ def _load_local_weights(model: nn.Module, name: str, path: Path) -> None:
     """Load a .pth/.safetensors state dict (timm unwraps ``state_dict``/``model`` and strips ``module.``).
 
     Keys the headless model lacks (the classifier) are ignored; any of its own weights missing from the file
-    is an error, so a file for another architecture never leaves a silently random backbone.
+    is an error, so a file for another architecture never leaves a silently random backbone. A file of the
+    same architecture under another naming scheme (e.g. ``efficientnet_pytorch``'s ``_conv_stem``/``_blocks``
+    for timm's ``tf_efficientnet_lite0``) is loaded by position when every tensor's shape matches in order.
     """
     from timm.models import load_state_dict
 
@@ -114,6 +120,8 @@ def _load_local_weights(model: nn.Module, name: str, path: Path) -> None:
         )
     try:
         state = load_state_dict(str(path), use_ema=False)
+        if not set(model.state_dict()) & set(state):
+            state = _rename_by_position(model.state_dict(), state, path)
         result = model.load_state_dict(state, strict=False)
     except (OSError, RuntimeError, ValueError, KeyError) as err:
         raise CTranError(f"cannot load backbone weights {path} into {name}: {err}") from err
@@ -123,6 +131,36 @@ def _load_local_weights(model: nn.Module, name: str, path: Path) -> None:
             f"{path} does not hold {name} weights: {len(result.missing_keys)} of the model's tensors are "
             f"missing from it (e.g. {shown})"
         )
+
+
+def _rename_by_position(
+    own: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor], path: Path
+) -> dict[str, torch.Tensor]:
+    """``theirs`` under ``own``'s names, pairing tensors in order; unchanged when the shapes disagree.
+
+    Both state dicts list a network's tensors in module order, so the same architecture written by another
+    library pairs up one to one; the file's trailing extras (a classifier) are left out.
+    """
+    ours, file_items = list(own.items()), list(theirs.items())
+    if len(file_items) < len(ours):
+        return theirs
+    if any(mine.shape != other.shape for (_, mine), (_, other) in zip(ours, file_items, strict=False)):
+        return theirs
+    print(f"{path.name}: names differ from the model's; loaded {len(ours)} tensors by position (shapes match)")
+    return {name: tensor for (name, _), (_, tensor) in zip(ours, file_items, strict=False)}
+
+
+def backbone_normalization(name: str) -> Normalization:
+    """The input mean/std a backbone's pretrained weights expect (timm's pretrained config; ImageNet's for
+    ``small_cnn`` and for models timm knows no config of)."""
+    if name == "small_cnn":
+        return IMAGENET
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(name)
+    if cfg is None or cfg.mean is None or cfg.std is None:
+        return IMAGENET
+    return Normalization(tuple(cfg.mean), tuple(cfg.std))
 
 
 def build_backbone(

@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
-from ctran.errors import CTranError
+from ctran.devices import resolve_device
 
 
 @dataclass(frozen=True)
@@ -35,23 +35,6 @@ class DistContext:
     @property
     def enabled(self) -> bool:
         return self.world_size > 1
-
-
-def resolve_device(device: str, local_rank: int = 0) -> torch.device:
-    """``auto`` -> this rank's GPU when CUDA is available, else the CPU."""
-    if device == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError as err:
-        raise CTranError(f"unknown device {device!r} (use cpu, cuda, cuda:N or auto)") from err
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise CTranError(
-            f"device {device!r} asked for, but this machine has no usable CUDA GPU (use cpu or auto)"
-        )
-    if resolved.type == "cuda" and resolved.index is None:
-        resolved = torch.device(f"cuda:{local_rank}")
-    return resolved
 
 
 def init_distributed(device: str = "auto") -> DistContext:

@@ -20,22 +20,28 @@ def sample_training_states(
     seed: int,
     epoch: int,
     max_known_fraction: float = 0.75,
+    revealable: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Label Mask Training: per image reveal ``k ~ U{0..floor(f*L)}`` random annotated labels.
+    """Label Mask Training: per image reveal ``k ~ U{0..floor(f*R)}`` random annotated labels among the R
+    ``revealable`` ones (a (L,) bool mask; None: every label).
 
     The known subset is uniform over labels (so mostly negatives, as in the paper); the model learns to
-    use whatever it is told, and the loss covers the rest. Each image's draw depends only on
+    use whatever it is told, and the loss covers the rest. CUB-312 reveals only its concepts (the paper:
+    0..84 of 112 known, the bird class never), hence ``revealable``. Each image's draw depends only on
     (seed, epoch, image index), so it is the same however the batch is split across processes and when a
     killed run resumes.
     """
     num_labels = truth.shape[1]
-    max_known = math.floor(max_known_fraction * num_labels)
-    annotated = (truth != UNKNOWN).cpu().numpy()
+    pool = np.ones(num_labels, dtype=bool) if revealable is None else revealable.cpu().numpy().astype(bool)
+    if pool.shape != (num_labels,):
+        raise ValueError(f"revealable must be a ({num_labels},) mask, got shape {pool.shape}")
+    max_known = math.floor(max_known_fraction * int(pool.sum()))
+    annotated = (truth != UNKNOWN).cpu().numpy() & pool  # (B, L): what may be revealed
     reveal = np.zeros(annotated.shape, dtype=bool)  # (B, L)
     for row, index in enumerate(torch.as_tensor(indices).tolist()):
         rng = np.random.default_rng([seed, epoch, index])
         num_known = rng.integers(0, max_known + 1)
-        keys = np.where(annotated[row], rng.random(num_labels), 2.0)  # unannotated labels sort last
+        keys = np.where(annotated[row], rng.random(num_labels), 2.0)  # the rest sort last
         reveal[row, np.argsort(keys, kind="stable")[:num_known]] = True
     reveal_t = torch.from_numpy(reveal & annotated).to(truth.device)
     return torch.where(reveal_t, truth, torch.full_like(truth, UNKNOWN))

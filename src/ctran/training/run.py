@@ -19,7 +19,8 @@ from ctran.config import Config, config_from_dict, save_config
 from ctran.data.base import LabeledImages
 from ctran.data.registry import build_dataset, load_splits
 from ctran.errors import CTranError
-from ctran.model import build_from_config
+from ctran.model import backbone_normalization, build_from_config
+from ctran.normalization import Normalization, as_normalization
 from ctran.report import write_json
 from ctran.training.distributed import DistContext, barrier, init_distributed, shutdown_distributed
 from ctran.training.evaluation import evaluate, standard_settings
@@ -27,13 +28,27 @@ from ctran.training.loaders import eval_loader
 from ctran.training.trainer import Trainer
 
 
+def input_normalization(config: Config) -> Normalization:
+    """``data.mean``/``data.std`` when set, else what the backbone's pretrained weights expect."""
+    data = config.data
+    if (data.mean is None) != (data.std is None):
+        raise CTranError("set both data.mean and data.std, or neither (the backbone's own are used)")
+    if data.mean is None:
+        return backbone_normalization(config.model.backbone)
+    try:
+        return as_normalization((data.mean, data.std))
+    except ValueError as err:
+        raise CTranError(f"data.mean / data.std: {err}") from err
+
+
 def build_datasets(config: Config) -> dict[str, LabeledImages]:
     """{"train", "val", "test"} for ``config.data``, through the dataset registry."""
     data = config.data
+    norm = input_normalization(config)
     if data.format == "digits":  # generated: each split has its own size, no folder
         sizes = data.sizes or {}
         return {
-            split: build_dataset("digits", None, split, seed=config.seed, size=sizes.get(split))
+            split: build_dataset("digits", None, split, seed=config.seed, size=sizes.get(split), norm=norm)
             for split in ("train", "val", "test")
         }
     if data.root is None:
@@ -49,12 +64,13 @@ def build_datasets(config: Config) -> dict[str, LabeledImages]:
         val_fraction=data.val_fraction,
         on_bad_image=data.on_bad_image,
         splits={role: name for role, name in splits.items() if name},
+        norm=norm,
         **data.options,
     )
 
 
 def model_config(config: Config, num_labels: int) -> dict:
-    """The dict ``build_from_config`` (and every checkpoint) uses to build this run's C-Tran."""
+    """The dict ``build_from_config`` uses to build this run's C-Tran (with its initial weights' source)."""
     options = dataclasses.asdict(config.model)
     return {"kind": "ctran", "num_labels": num_labels, **options}
 
@@ -69,6 +85,7 @@ def checkpoint_meta(config: Config, dataset: LabeledImages, num_labels: int) -> 
         "extra_names": list(dataset.extra_names),
         "image_size": config.data.image_size,
         "scale_size": config.data.scale_size,
+        "normalization": input_normalization(config).to_dict(),
         "dataset": config.data.format,
         "config": config.to_dict(),
     }
@@ -94,7 +111,7 @@ def train_run(config: Config, out_dir: str | Path, resume: bool = False, progres
         datasets = build_datasets(config)
         num_labels = len(datasets["train"].label_names)
         torch.manual_seed(config.seed)  # the same initial weights on every process and every run
-        model = build_from_config(model_config(config, num_labels))
+        model = build_from_config(model_config(config, num_labels), initial_weights=True)
         if ctx.is_main:
             out_dir.mkdir(parents=True, exist_ok=True)
             save_config(config, out_dir / "config.yaml")

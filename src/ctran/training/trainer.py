@@ -1,9 +1,11 @@
 """The training loop: Label Mask Training with AMP, accumulation, clipping, EMA, schedules, DDP and resume.
 
 Works for any model with the ``forward(images, states) -> logits`` interface (C-Tran and the pooled-CNN
-baseline). The model sees ``cat[targets ; extras]`` states; the loss covers target labels that are annotated
-and not revealed, averaged over all such entries of the global batch (every process and micro-batch), so
-N processes with batch B/N train exactly like one process with batch B.
+baseline). The model sees ``cat[targets ; extras]`` states; LMT reveals labels among all of them
+(``train.lmt_labels=all``) or among the extras only (``extras``: CUB-312, whose classes stay unknown). The
+loss covers target labels (and, with ``train.extra_loss``, extra labels) that are annotated and not
+revealed, averaged over all such entries of the global batch (every process and micro-batch), so N
+processes with batch B/N train exactly like one process with batch B.
 
 With an output folder, each epoch ends by writing ``last.pt`` (weights + optimiser, scheduler, EMA, scaler,
 RNG states, history) and, on a better validation mAP, ``best.pt``, both atomically; ``metrics.csv`` and
@@ -35,7 +37,8 @@ from ctran.errors import CTranError
 from ctran.files import atomic_write_bytes
 from ctran.metrics import calibrate_thresholds, mean_average_precision
 from ctran.states import UNKNOWN
-from ctran.training.distributed import DistContext, all_reduce_sum, barrier, gather_objects, resolve_device
+from ctran.devices import resolve_device
+from ctran.training.distributed import DistContext, all_reduce_sum, barrier, gather_objects
 from ctran.training.evaluation import Setting, collect_scores, merge_shards
 from ctran.training.label_mask import sample_training_states
 from ctran.training.loaders import eval_loader, train_loader
@@ -185,24 +188,28 @@ class Trainer:
         images, targets, extras, indices = batch
         device = self.ctx.device
         truth = torch.cat([targets, extras], dim=1).to(device)  # (B, T + E)
-        if self.cfg.label_mask:
-            states = sample_training_states(
-                truth, indices, self.config.seed, self.epoch, self.cfg.max_known_fraction
-            )
-        else:
-            states = torch.full_like(truth, UNKNOWN)
-        num_targets = targets.shape[1]
+        states = self._training_states(truth, targets.shape[1], indices)
+        scored = targets.shape[1] + (extras.shape[1] if self.cfg.extra_loss else 0)
         context = self.net.no_sync() if self.ctx.enabled and not sync else contextlib.nullcontext()
         with context:
             with autocast(device, self.precision):
-                logits = self.net(images.to(device, non_blocking=True), states)[:, :num_targets]  # (B, T)
-            loss_sum, n_scored = self._loss_terms(
-                logits.float(), truth[:, :num_targets], states[:, :num_targets]
-            )
+                logits = self.net(images.to(device, non_blocking=True), states)[:, :scored]  # (B, S)
+            loss_sum, n_scored = self._loss_terms(logits.float(), truth[:, :scored], states[:, :scored])
             global_count = all_reduce_sum(n_scored.detach(), self.ctx).clamp(min=1)
             loss = loss_sum * self.ctx.world_size / global_count / self.cfg.grad_accum
             self.scaler.scale(loss).backward()
         return loss_sum.detach(), n_scored.detach()
+
+    def _training_states(self, truth: torch.Tensor, num_targets: int, indices: torch.Tensor) -> torch.Tensor:
+        """The (B, T + E) input states of one batch: LMT's draw, or all unknown for the no-LMT ablation."""
+        if not self.cfg.label_mask:
+            return torch.full_like(truth, UNKNOWN)
+        revealable = None
+        if self.cfg.lmt_labels == "extras":
+            revealable = torch.arange(truth.shape[1]) >= num_targets  # (T + E,)
+        return sample_training_states(
+            truth, indices, self.config.seed, self.epoch, self.cfg.max_known_fraction, revealable
+        )
 
     def _loss_terms(self, logits: torch.Tensor, truth: torch.Tensor, inputs: torch.Tensor) -> tuple:
         if self.cfg.loss == "asl":
