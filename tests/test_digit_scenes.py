@@ -11,7 +11,6 @@ import torch
 from torch.utils.data import DataLoader
 
 from ctran.data import Sample
-from ctran.normalization import IMAGENET
 from ctran.data.digit_scenes import (
     CONTEXT_NAMES,
     CONTEXTS,
@@ -27,6 +26,7 @@ from ctran.data.digit_scenes import (
     source_pools,
 )
 from ctran.errors import CTranError
+from ctran.normalization import IMAGENET
 
 STATS_SIZE = 6000
 

@@ -15,10 +15,10 @@ import torch
 from ctran.checkpoint import save_checkpoint
 from ctran.config import Config, load_config
 from ctran.data.base import LabeledImages
+from ctran.devices import resolve_device
 from ctran.model import build_baseline, build_from_config
 from ctran.report import flatten_settings, metrics_table, plot_map_vs_known, write_json
 from ctran.states import unknown_states
-from ctran.devices import resolve_device
 from ctran.training.distributed import DistContext
 from ctran.training.evaluation import evaluate, standard_settings
 from ctran.training.loaders import eval_loader

@@ -101,8 +101,8 @@ def load_eval_dataset(args: argparse.Namespace, meta: dict, seed: int) -> Labele
 
 def run(args: argparse.Namespace) -> int:
     from ctran.checkpoint import load_checkpoint
-    from ctran.report import metrics_table, write_json
     from ctran.devices import resolve_device
+    from ctran.report import metrics_table, write_json
     from ctran.training.evaluation import Setting, evaluate
     from ctran.training.loaders import eval_loader
 

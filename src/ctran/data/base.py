@@ -6,6 +6,7 @@ from typing import NamedTuple
 
 import torch
 
+
 class Sample(NamedTuple):
     """One image with its annotation; ``default_collate`` batches each field."""
 
@@ -28,4 +29,3 @@ class LabeledImages(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> Sample:
         raise NotImplementedError
-

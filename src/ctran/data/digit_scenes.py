@@ -35,8 +35,8 @@ import numpy as np
 import torch
 
 from ctran.data.base import LabeledImages, Sample
-from ctran.normalization import IMAGENET, Normalization, normalize
 from ctran.errors import CTranError
+from ctran.normalization import IMAGENET, Normalization, normalize
 
 CONTEXTS = ("kitchen", "street", "beach", "office")
 TAGS = ("food", "cooking", "traffic", "sea", "sun", "work")

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ctran.report import write_json
 from ctran.normalization import IMAGENET, Normalization, denormalize
+from ctran.report import write_json
 
 
 @dataclass

@@ -18,8 +18,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from ctran.checkpoint import load_checkpoint
-from ctran.devices import resolve_device
 from ctran.data.transforms import eval_transform, load_image
+from ctran.devices import resolve_device
 from ctran.errors import CTranError
 from ctran.inference.explain import Explanation, explain_attention
 from ctran.inference.known import LabelSpec, label_states, unknown_label

@@ -146,7 +146,9 @@ def _rename_by_position(
         return theirs
     if any(mine.shape != other.shape for (_, mine), (_, other) in zip(ours, file_items, strict=False)):
         return theirs
-    print(f"{path.name}: names differ from the model's; loaded {len(ours)} tensors by position (shapes match)")
+    print(
+        f"{path.name}: names differ from the model's; loaded {len(ours)} tensors by position (shapes match)"
+    )
     return {name: tensor for (name, _), (_, tensor) in zip(ours, file_items, strict=False)}
 
 

@@ -33,11 +33,11 @@ from tqdm import tqdm
 from ctran.checkpoint import read_checkpoint, save_checkpoint
 from ctran.config import Config
 from ctran.data.base import LabeledImages
+from ctran.devices import resolve_device
 from ctran.errors import CTranError
 from ctran.files import atomic_write_bytes
 from ctran.metrics import calibrate_thresholds, mean_average_precision
 from ctran.states import UNKNOWN
-from ctran.devices import resolve_device
 from ctran.training.distributed import DistContext, all_reduce_sum, barrier, gather_objects
 from ctran.training.evaluation import Setting, collect_scores, merge_shards
 from ctran.training.label_mask import sample_training_states
