@@ -378,3 +378,74 @@ def test_evaluate_takes_the_checkpoint_seed_and_refuses_an_overlapping_one(tmp_p
     assert main([*argv, "--seed", "0"]) == 2
     error = capsys.readouterr().err
     assert "seed 3" in error and "Leave --seed out" in error
+
+
+# ------------------------------------------------------------------------ CUB-312 end to end
+
+
+@pytest.mark.slow
+def test_cub_training_follows_the_paper_and_intervention_runs(tmp_path: Path) -> None:
+    """``ctran train --config cub312`` trains the concept outputs (the paper's loss covers the unknown
+    concepts and the classes) and ``evaluate --intervention`` scores k = 0..28 revealed groups."""
+    from ctran.model import build_from_config
+    from ctran.training.run import model_config
+    from test_data_cub import make_pickles
+
+    root = make_pickles(tmp_path / "cub")
+    out = tmp_path / "run"
+    overrides = [
+        "model.backbone=small_cnn", "model.pretrained=false", "model.dim=16", "model.layers=1",
+        "model.heads=2", "data.image_size=48", "data.scale_size=null", "data.num_workers=0",
+        "train.epochs=2", "train.batch_size=3", "train.early_stop=0", "train.precision=fp32",
+    ]  # fmt: skip
+    result = _ctran(
+        "train", "--config", "cub312", "--data-root", str(root), "--out", str(out), "--quiet", *overrides
+    )
+    assert result.returncode == 0, result.stderr
+    trained = read_checkpoint(out / "last.pt")["state_dict"]["readout.weight"]  # (312, D)
+    config = load_config("cub312", overrides)
+    assert config.train.lmt_labels == "extras"  # the class is never revealed (unit-tested in the trainer)
+    torch.manual_seed(config.seed)
+    initial = build_from_config(model_config(config, 312)).state_dict()["readout.weight"]
+    moved = (trained[200:] != initial[200:]).any(dim=1)  # (112,): without the concept loss, none moves
+    assert moved.float().mean() > 0.5
+    report = tmp_path / "intervention.json"
+    result = _ctran(
+        "evaluate", "--checkpoint", str(out / "best.pt"), "--data", "cub", "--data-root", str(root),
+        "--intervention", "--quiet", "--json", str(report),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    scores = json.loads(report.read_text())
+    assert scores["k"] == list(range(29)) and len(scores["class_accuracy"]) == 29
+
+
+# ------------------------------------------------------------------------ convert-official
+
+
+def test_convert_official_says_which_heads_it_assumes_and_warns_about_untrained_state_rows(
+    tmp_path: Path, capsys
+) -> None:
+    import torchvision
+
+    from test_inference_official import _official_state
+
+    torch.manual_seed(0)
+    state = _official_state(torchvision.models.resnet18())
+    labels = tmp_path / "labels.txt"
+    labels.write_text("\n".join(f"label_{i}" for i in range(state["label_lt.weight"].shape[0])))
+    untrained = dict(state)
+    rows = torch.empty_like(state["known_label_lt.weight"]).uniform_(-0.05, 0.05)
+    untrained["known_label_lt.weight"] = rows
+    trained = dict(state)
+    trained["known_label_lt.weight"] = rows * torch.tensor([[1.0], [3.0], [0.3]])
+    for name, weights in (("untrained", untrained), ("trained", trained)):
+        torch.save({"state_dict": weights}, tmp_path / f"{name}.pt")
+    argv = ["convert-official", "--labels", str(labels)]
+    assert main([*argv, str(tmp_path / "untrained.pt"), str(tmp_path / "a.pt")]) == 0
+    output = capsys.readouterr().out
+    assert "probably trained without --use_lmt" in output and "assuming 4 attention heads" in output
+    assert main([*argv, str(tmp_path / "trained.pt"), str(tmp_path / "b.pt"), "--heads", "2"]) == 0
+    output = capsys.readouterr().out
+    assert "without --use_lmt" not in output and "assuming 2 attention heads" in output
+    assert main([*argv, str(tmp_path / "trained.pt"), str(tmp_path / "c.pt"), "--no-lmt"]) == 0
+    assert "known labels will be ignored" in capsys.readouterr().out

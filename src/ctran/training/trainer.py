@@ -273,7 +273,7 @@ class Trainer:
 
     def _end_epoch(self, row: dict) -> None:
         candidate = max(row["val_mAP"], row.get("val_mAP_ema", -math.inf))
-        use_ema = row.get("val_mAP_ema", -math.inf) > row["val_mAP"]
+        use_ema = False
         if not self.per_step:
             self.scheduler.step(candidate)
         improved = candidate > self.result.best_val_map or self.result.best_epoch == 0  # NaN: no positives
