@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench soak clean venv
+.PHONY: demo test lint bench soak mutants clean venv
 
 venv: $(STAMP)
 
@@ -37,5 +37,12 @@ bench: $(STAMP)
 soak: $(STAMP)
 	$(BIN)/python benchmarks/serve_soak.py --checkpoint runs/demo/ctran.pt --seconds 60
 
+# Mutation testing of the core modules ([tool.mutmut] in pyproject.toml) with the fast tests; writes
+# runs/mutants/report.md and report.json (survivors listed). Not part of `make test`.
+mutants: $(STAMP)
+	rm -rf mutants
+	$(BIN)/mutmut run --max-children 2 || true
+	$(BIN)/python scripts/mutation_report.py --out runs/mutants
+
 clean:
-	rm -rf runs .pytest_cache
+	rm -rf runs .pytest_cache mutants
