@@ -8,6 +8,7 @@ with ``ctran.model.build_from_config``.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -79,3 +80,70 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tup
     model = build_from_config(payload["model_config"])
     model.load_state_dict(payload.pop("state_dict"))
     return model.to(device).eval(), payload
+
+
+@dataclass
+class LabelTransfer:
+    """What fine-tuning took from a checkpoint: labels whose rows were kept, new labels, labels left out."""
+
+    kept: list[str]
+    new: list[str]
+    dropped: list[str]
+
+    def summary(self, path: str | Path) -> str:
+        def names(items: list[str]) -> str:
+            return ", ".join(items[:8]) + (f" (+{len(items) - 8} more)" if len(items) > 8 else "")
+
+        lines = [f"initialised from {path}: {len(self.kept)} labels kept"]
+        if self.new:
+            lines.append(f"  {len(self.new)} new labels (fresh rows): {names(self.new)}")
+        if self.dropped:
+            lines.append(
+                f"  {len(self.dropped)} labels of the checkpoint not in this dataset: {names(self.dropped)}"
+            )
+        return "\n".join(lines)
+
+
+def init_from_checkpoint(model: torch.nn.Module, path: str | Path, label_names: list[str]) -> LabelTransfer:
+    """Load a checkpoint's weights into ``model`` for fine-tuning, matching label rows by name.
+
+    Every tensor but the per-label rows (``model.label_parameters``) must have the same shape in both; each
+    label row is copied from the checkpoint row of the same name, in whatever order the checkpoint has
+    them, and labels the checkpoint lacks keep their fresh initial rows.
+    """
+    payload = read_checkpoint(path)
+    kind = payload["model_config"].get("kind", "ctran")
+    own_kind = "baseline" if not getattr(model, "takes_states", True) else "ctran"
+    if kind != own_kind:
+        raise CTranError(f"--init-from {path} holds a {kind} model; this run trains a {own_kind}")
+    source, own = payload["state_dict"], model.state_dict()
+    per_label = tuple(getattr(model, "label_parameters", ()))
+    rows = source[per_label[0]].shape[0] if per_label else 0
+    source_names = (list(payload["target_names"]) + list(payload.get("extra_names", [])))[:rows]
+    problems = [key for key in source if key not in own] + [key for key in own if key not in source]
+    problems += [
+        f"{key} {tuple(source[key].shape)} vs {tuple(value.shape)}"
+        for key, value in own.items()
+        if key in source and key not in per_label and source[key].shape != value.shape
+    ]
+    if problems:
+        raise CTranError(
+            f"--init-from {path}: its model differs from this run's (backbone, dim, layers?): "
+            + "; ".join(problems[:5])
+        )
+    position = {name: i for i, name in enumerate(source_names)}
+    shared = [(i, position[name]) for i, name in enumerate(label_names) if name in position]
+    merged = {key: value.clone() for key, value in source.items() if key not in per_label}
+    for key in per_label:
+        rows_now = own[key].clone()
+        if shared:
+            mine, theirs = (torch.tensor(side) for side in zip(*shared, strict=True))
+            rows_now[mine] = source[key][theirs].to(rows_now.dtype)
+        merged[key] = rows_now
+    model.load_state_dict(merged)
+    kept = [label_names[i] for i, _ in shared]
+    return LabelTransfer(
+        kept=kept,
+        new=[name for name in label_names if name not in position],
+        dropped=[name for name in source_names if name not in set(label_names)],
+    )

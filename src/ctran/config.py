@@ -27,6 +27,8 @@ CONFIG_DIR = Path(__file__).parent / "configs"
 class ModelConfig:
     """C-Tran's architecture (``ctran.build_model`` options); defaults are the paper's."""
 
+    kind: str = "ctran"  # ctran | baseline (the pooled-CNN recipe on the same backbone)
+    init_from: str | None = None  # fine-tune: start from this ctran checkpoint, labels matched by name
     backbone: str = "resnet101"
     pretrained: bool = True
     backbone_weights: str | None = None  # a local .pth/.safetensors for offline machines
@@ -55,6 +57,9 @@ class DataConfig:
     options: dict[str, str] = field(default_factory=dict)  # the format's own, e.g. {difficult: negative}
     num_workers: int = 4
     on_bad_image: str = "skip"  # skip | fail
+    keep_annotations: float = (
+        1.0  # keep this seeded fraction of train/val target annotations (missing labels)
+    )
     mean: list[float] | None = None  # input normalisation; None: the backbone's pretrained config's
     std: list[float] | None = None
 
@@ -83,6 +88,7 @@ class TrainConfig:
     max_known_fraction: float = 0.75  # of the labels LMT may reveal
     lmt_labels: str = "all"  # all | extras: which labels LMT may reveal (CUB-312: extras; classes never)
     extra_loss: bool = False  # also train the extra labels' outputs where unknown (CUB-312 concepts)
+    missing: str = "ignore"  # ignore | negative: not-annotated targets out of the loss, or taken as negatives
     grad_clip: float = 0.0  # max gradient norm (0: off)
     max_bad_steps: int = 10  # stop after this many consecutive steps with a non-finite loss or gradient
     ema_decay: float = 0.0  # 0: off; e.g. 0.9997 as in ASL/Query2Label
@@ -121,6 +127,8 @@ CHOICES = {
     "train.schedule": ("plateau", "cosine", "onecycle"),
     "train.loss": ("bce", "asl"),
     "train.lmt_labels": ("all", "extras"),
+    "train.missing": ("ignore", "negative"),
+    "model.kind": ("ctran", "baseline"),
     "train.precision": ("auto", "fp32", "bf16", "fp16"),
 }
 

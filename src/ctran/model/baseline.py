@@ -13,6 +13,9 @@ from torch import nn
 class PooledLinear(nn.Module):
     """Backbone -> global average pool -> Linear(C, L)."""
 
+    takes_states = False  # known labels cannot inform it: training skips LMT, evaluation the extra setting
+    label_parameters = ("head.weight", "head.bias")  # one row per label: what fine-tuning matches by name
+
     def __init__(self, backbone: nn.Module, num_labels: int) -> None:
         super().__init__()
         self.backbone = backbone

@@ -36,6 +36,9 @@ class Output:
 class CTran(nn.Module):
     """The C-Tran classifier; ``forward(images, states)`` returns logits (B, L)."""
 
+    takes_states = True
+    label_parameters = ("label_embed.weight", "readout.weight", "readout.bias")  # row l belongs to label l
+
     def __init__(
         self,
         backbone: nn.Module,

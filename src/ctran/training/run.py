@@ -15,8 +15,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ctran.checkpoint import init_from_checkpoint
 from ctran.config import Config, config_from_dict, save_config
 from ctran.data.base import LabeledImages
+from ctran.data.partial import PartialAnnotations
 from ctran.data.registry import build_dataset, load_splits
 from ctran.errors import CTranError
 from ctran.model import backbone_normalization, build_from_config
@@ -42,7 +44,16 @@ def input_normalization(config: Config) -> Normalization:
 
 
 def build_datasets(config: Config) -> dict[str, LabeledImages]:
-    """{"train", "val", "test"} for ``config.data``, through the dataset registry."""
+    """{"train", "val", "test"} for ``config.data``; train and val keep ``data.keep_annotations`` of their
+    target annotations (the missing-labels protocol), the test split all of them."""
+    splits = _read_splits(config)
+    if config.data.keep_annotations < 1.0:
+        for role in ("train", "val"):
+            splits[role] = PartialAnnotations(splits[role], config.data.keep_annotations, config.seed)
+    return splits
+
+
+def _read_splits(config: Config) -> dict[str, LabeledImages]:
     data = config.data
     norm = input_normalization(config)
     if data.format == "digits":  # generated: each split has its own size, no folder
@@ -69,10 +80,21 @@ def build_datasets(config: Config) -> dict[str, LabeledImages]:
     )
 
 
+def model_labels(config: Config, dataset: LabeledImages) -> list[str]:
+    """The labels the model has a row for: targets and extras for C-Tran, targets for the baseline."""
+    if config.model.kind == "baseline":
+        return list(dataset.target_names)
+    return list(dataset.label_names)
+
+
 def model_config(config: Config, num_labels: int) -> dict:
-    """The dict ``build_from_config`` uses to build this run's C-Tran (with its initial weights' source)."""
+    """The dict ``build_from_config`` uses to build this run's model (with its initial weights' source)."""
     options = dataclasses.asdict(config.model)
-    return {"kind": "ctran", "num_labels": num_labels, **options}
+    kind = options.pop("kind")
+    options.pop("init_from")
+    if kind == "baseline":
+        options = {key: options[key] for key in ("backbone", "pretrained", "backbone_weights")}
+    return {"kind": kind, "num_labels": num_labels, **options}
 
 
 def checkpoint_meta(config: Config, dataset: LabeledImages, num_labels: int) -> dict:
@@ -94,9 +116,11 @@ def checkpoint_meta(config: Config, dataset: LabeledImages, num_labels: int) -> 
 def final_evaluation(
     model: nn.Module, test_set: LabeledImages, config: Config, ctx: DistContext, precision: str = "fp32"
 ) -> dict:
-    """Test metrics in every configured setting, regular at the top level."""
+    """Test metrics in every configured setting, regular at the top level (no extra setting for a model
+    that cannot take states: it would repeat the regular one)."""
+    takes_states = getattr(model, "takes_states", True)
     settings = standard_settings(
-        config.eval.known_fractions, extra=config.eval.extra and bool(test_set.extra_names)
+        config.eval.known_fractions, extra=config.eval.extra and bool(test_set.extra_names) and takes_states
     )
     loader = eval_loader(test_set, config.eval.batch_size, ctx, config.data.num_workers)
     results = evaluate(model, loader, settings, config.seed, ctx.device, precision, ctx=ctx)
@@ -109,9 +133,15 @@ def train_run(config: Config, out_dir: str | Path, resume: bool = False, progres
     ctx = init_distributed(config.train.device)
     try:
         datasets = build_datasets(config)
-        num_labels = len(datasets["train"].label_names)
+        labels = model_labels(config, datasets["train"])
+        num_labels = len(labels)
         torch.manual_seed(config.seed)  # the same initial weights on every process and every run
-        model = build_from_config(model_config(config, num_labels), initial_weights=True)
+        init_from = config.model.init_from
+        model = build_from_config(model_config(config, num_labels), initial_weights=init_from is None)
+        if init_from is not None and not resume:
+            transfer = init_from_checkpoint(model, init_from, labels)
+            if ctx.is_main:
+                print(transfer.summary(init_from))
         if ctx.is_main:
             out_dir.mkdir(parents=True, exist_ok=True)
             save_config(config, out_dir / "config.yaml")

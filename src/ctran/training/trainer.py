@@ -5,7 +5,9 @@ baseline). The model sees ``cat[targets ; extras]`` states; LMT reveals labels a
 (``train.lmt_labels=all``) or among the extras only (``extras``: CUB-312, whose classes stay unknown). The
 loss covers target labels (and, with ``train.extra_loss``, extra labels) that are annotated and not
 revealed, averaged over all such entries of the global batch (every process and micro-batch), so N
-processes with batch B/N train exactly like one process with batch B.
+processes with batch B/N train exactly like one process with batch B. With ``train.missing=negative``, target
+labels that are not annotated count as negatives (the "assume negative" baseline for missing labels); a model
+that cannot take states (the baseline) is never told any.
 
 With an output folder, each epoch ends by writing ``last.pt`` (weights + optimiser, scheduler, EMA, scaler,
 RNG states, history) and, on a better validation mAP, ``best.pt``, both atomically; ``metrics.csv`` and
@@ -37,7 +39,7 @@ from ctran.devices import resolve_device
 from ctran.errors import CTranError
 from ctran.files import atomic_write_bytes
 from ctran.metrics import calibrate_thresholds, mean_average_precision
-from ctran.states import UNKNOWN
+from ctran.states import NEGATIVE, UNKNOWN
 from ctran.training.distributed import DistContext, all_reduce_sum, barrier, gather_objects
 from ctran.training.evaluation import Setting, collect_scores, merge_shards
 from ctran.training.label_mask import sample_training_states
@@ -187,9 +189,14 @@ class Trainer:
         """One micro-batch; the loss is normalised by the scored count of the whole (global) batch."""
         images, targets, extras, indices = batch
         device = self.ctx.device
+        if self.cfg.missing == "negative":
+            targets = torch.where(targets == UNKNOWN, NEGATIVE, targets)
         truth = torch.cat([targets, extras], dim=1).to(device)  # (B, T + E)
         states = self._training_states(truth, targets.shape[1], indices)
         scored = targets.shape[1] + (extras.shape[1] if self.cfg.extra_loss else 0)
+        scored = min(
+            scored, getattr(self.model, "num_labels", scored)
+        )  # the baseline has target outputs only
         context = self.net.no_sync() if self.ctx.enabled and not sync else contextlib.nullcontext()
         with context:
             with autocast(device, self.precision):
@@ -202,7 +209,7 @@ class Trainer:
 
     def _training_states(self, truth: torch.Tensor, num_targets: int, indices: torch.Tensor) -> torch.Tensor:
         """The (B, T + E) input states of one batch: LMT's draw, or all unknown for the no-LMT ablation."""
-        if not self.cfg.label_mask:
+        if not self.cfg.label_mask or not getattr(self.model, "takes_states", True):
             return torch.full_like(truth, UNKNOWN)
         revealable = None
         if self.cfg.lmt_labels == "extras":
@@ -273,7 +280,7 @@ class Trainer:
 
     def _end_epoch(self, row: dict) -> None:
         candidate = max(row["val_mAP"], row.get("val_mAP_ema", -math.inf))
-        use_ema = False
+        use_ema = row.get("val_mAP_ema", -math.inf) > row["val_mAP"]
         if not self.per_step:
             self.scheduler.step(candidate)
         improved = candidate > self.result.best_val_map or self.result.best_epoch == 0  # NaN: no positives
