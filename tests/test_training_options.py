@@ -191,12 +191,6 @@ def test_grad_accum_gives_the_update_of_one_big_batch() -> None:
     _assert_accumulation_matches_big_batch("train.label_mask=false")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: each micro-batch's loss is normalised by its own scored count (trainer._forward_backward "
-    "divides by the count of the micro-batch, then by grad_accum), not by the count of the whole "
-    "accumulated batch, so under LMT (unequal revealed counts) accumulation is not one big batch",
-)
 def test_grad_accum_gives_the_update_of_one_big_batch_under_label_mask_training() -> None:
     """With LMT each micro-batch scores a different number of labels; the mean must still be global."""
     _assert_accumulation_matches_big_batch("train.label_mask=true")

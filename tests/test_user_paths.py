@@ -306,7 +306,7 @@ def test_trainer_loss_ignores_revealed_labels(extra_loss: bool) -> None:
     trainer, recorder = _trainer([f"train.extra_loss={str(extra_loss).lower()}"])
     trainer.epoch = 1
     batch = next(iter(trainer.train_loader))
-    trainer._forward_backward(batch, sync=True)
+    trainer._accumulate([trainer._prepare(batch)])
     states, logits = recorder.calls[-1]
     grad = logits.grad  # (B, 20)
     revealed = states != UNKNOWN

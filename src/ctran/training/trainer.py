@@ -42,7 +42,7 @@ from ctran.metrics import calibrate_thresholds, mean_average_precision
 from ctran.states import NEGATIVE, UNKNOWN
 from ctran.training.distributed import DistContext, all_reduce_sum, barrier, gather_objects
 from ctran.training.evaluation import Setting, collect_scores, merge_shards
-from ctran.training.label_mask import sample_training_states
+from ctran.training.label_mask import sample_training_states, scored_mask
 from ctran.training.loaders import eval_loader, train_loader
 from ctran.training.losses import asl_terms, bce_terms
 from ctran.training.optim import build_optimizer, build_scheduler, freeze_backbone
@@ -152,24 +152,24 @@ class Trainer:
             module.eval()
         self.train_loader.sampler.set_epoch(self.epoch)
         self.skipped_steps = 0
-        total, count, images_seen, tick = torch.zeros(2), 0, 0, time.perf_counter()
+        total, images_seen, tick = torch.zeros(2), 0, time.perf_counter()
         bar = tqdm(
             self.train_loader,
             desc=f"{self.desc} {self.epoch}/{self.cfg.epochs}",
             disable=not self.progress,
             leave=False,
         )
+        window: list[tuple] = []  # the prepared micro-batches of one optimisation step
         for micro, batch in enumerate(bar):
-            if batch is None:
+            if batch is not None:
+                window.append(self._prepare(batch))
+                images_seen += len(batch.index)
+            if (micro + 1) % self.cfg.grad_accum and micro + 1 < len(self.train_loader):
                 continue
-            last_micro = (micro + 1) % self.cfg.grad_accum == 0 or micro + 1 == len(self.train_loader)
-            loss_sum, n_scored = self._forward_backward(batch, sync=last_micro)
-            if torch.isfinite(loss_sum):  # a bad batch is counted by _optimizer_step, not averaged in
-                total += torch.stack([loss_sum, n_scored]).cpu()
-            images_seen += len(batch.index)
-            count += 1
-            if last_micro:
+            total += self._accumulate(window)
+            if window:
                 self._optimizer_step()
+            window = []
             bar.set_postfix(
                 loss=f"{float(total[0] / total[1].clamp(min=1)):.4f}",
                 img_s=f"{images_seen * self.ctx.world_size / (time.perf_counter() - tick):.0f}",
@@ -185,25 +185,43 @@ class Trainer:
             "images_per_s": round(images_seen * self.ctx.world_size / max(seconds, 1e-9), 1),
         }
 
-    def _forward_backward(self, batch: tuple, sync: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """One micro-batch; the loss is normalised by the scored count of the whole (global) batch."""
+    def _prepare(self, batch: tuple) -> tuple:
+        """(images, truth (B, T + E), input states (B, T + E), scored outputs S) of a micro-batch."""
         images, targets, extras, indices = batch
-        device = self.ctx.device
         if self.cfg.missing == "negative":
             targets = torch.where(targets == UNKNOWN, NEGATIVE, targets)
-        truth = torch.cat([targets, extras], dim=1).to(device)  # (B, T + E)
+        truth = torch.cat([targets, extras], dim=1).to(self.ctx.device)  # (B, T + E)
         states = self._training_states(truth, targets.shape[1], indices)
         scored = targets.shape[1] + (extras.shape[1] if self.cfg.extra_loss else 0)
-        scored = min(
-            scored, getattr(self.model, "num_labels", scored)
-        )  # the baseline has target outputs only
+        scored = min(scored, getattr(self.model, "num_labels", scored))  # the baseline: target outputs only
+        return images, truth, states, scored
+
+    def _accumulate(self, window: list[tuple]) -> torch.Tensor:
+        """Backward over one step's micro-batches, the loss normalised by the scored count of all of them
+        on every process, so N micro-batches of B train exactly like one batch of N*B whatever LMT revealed
+        in each. Returns this process's finite (loss sum, scored count) for the epoch's mean."""
+        counts = [scored_mask(t[:, :s], x[:, :s]).sum() for _, t, x, s in window]
+        local = torch.stack(counts).sum() if counts else torch.zeros((), device=self.ctx.device)
+        global_count = all_reduce_sum(local.float(), self.ctx).clamp(min=1)
+        total = torch.zeros(2)
+        for i, prepared in enumerate(window):
+            loss_sum, n_scored = self._forward_backward(prepared, global_count, sync=i == len(window) - 1)
+            if torch.isfinite(loss_sum):  # a bad batch is counted by _optimizer_step, not averaged in
+                total += torch.stack([loss_sum, n_scored]).cpu()
+        return total
+
+    def _forward_backward(
+        self, prepared: tuple, global_count: torch.Tensor, sync: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One micro-batch's forward and backward; returns its loss sum and scored count."""
+        images, truth, states, scored = prepared
+        device = self.ctx.device
         context = self.net.no_sync() if self.ctx.enabled and not sync else contextlib.nullcontext()
         with context:
             with autocast(device, self.precision):
                 logits = self.net(images.to(device, non_blocking=True), states)[:, :scored]  # (B, S)
             loss_sum, n_scored = self._loss_terms(logits.float(), truth[:, :scored], states[:, :scored])
-            global_count = all_reduce_sum(n_scored.detach(), self.ctx).clamp(min=1)
-            loss = loss_sum * self.ctx.world_size / global_count / self.cfg.grad_accum
+            loss = loss_sum * self.ctx.world_size / global_count  # DDP averages gradients over processes
             self.scaler.scale(loss).backward()
         return loss_sum.detach(), n_scored.detach()
 
