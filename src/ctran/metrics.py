@@ -37,6 +37,9 @@ All of these are reported in percent (0-100).
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 
@@ -207,12 +210,15 @@ def multilabel_metrics(
     mask: ArrayLike | None = None,
     threshold: float = 0.5,
     top_k: int = 3,
-) -> dict[str, float]:
+    label_names: Sequence[str] | None = None,
+) -> dict:
     """All report metrics in percent: mAP, CP/CR/CF1/OP/OR/OF1 at ``threshold`` and their ``_top{k}`` forms.
 
     Also returns ``n_images`` (images with at least one scored entry) and ``n_labels_scored`` (labels with
     at least one scored positive, i.e. those entering the mAP), so a report can say what was averaged over.
-    Key order follows :data:`METRIC_KEYS` (with ``top_k`` in the names), then the two counts.
+    Key order follows :data:`METRIC_KEYS` (with ``top_k`` in the names), then the two counts. With
+    ``label_names``, ``per_label`` maps each label to its AP (percent; None when it has no scored positive,
+    so the JSON holds no NaN) and its number of scored positives: a mean hides which labels fail.
     """
     s, positive, scored = _prepare(scores, targets, mask)
     ap = _average_precision(s, positive, scored)  # (L,)
@@ -224,7 +230,20 @@ def multilabel_metrics(
     out.update(_prf(top, positive, f"_top{top_k}"))
     out["n_images"] = int(scored.any(dim=1).sum())
     out["n_labels_scored"] = int((~torch.isnan(ap)).sum())
+    if label_names is not None:
+        out["per_label"] = _per_label(ap, positive, label_names)
     return out
+
+
+def _per_label(ap: torch.Tensor, positive: torch.Tensor, names: Sequence[str]) -> dict[str, dict]:
+    """``{name: {"AP": percent or None, "positives": scored positives}}`` in label order."""
+    if len(names) != ap.numel():
+        raise ValueError(f"{len(names)} label names for {ap.numel()} labels")
+    counts = positive.sum(dim=0).tolist()
+    return {
+        name: {"AP": None if math.isnan(value) else value * 100.0, "positives": int(count)}
+        for name, value, count in zip(names, ap.tolist(), counts, strict=True)
+    }
 
 
 def calibrate_thresholds(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 from ctran.files import atomic_write_bytes
@@ -18,24 +19,68 @@ def write_json(path: str | Path, data: object) -> Path:
     return path
 
 
-def metrics_table(rows: dict[str, dict], keys: tuple[str, ...] = ("mAP", *METRIC_KEYS[1:7])) -> str:
-    """A Markdown table with one row per named result and one column per metric (percent, 1 decimal)."""
-    lines = ["| setting | " + " | ".join(keys) + " |", "|---|" + "---:|" * len(keys)]
+def metrics_table(
+    rows: dict[str, dict], keys: tuple[str, ...] = ("mAP", *METRIC_KEYS[1:7]), counts: bool = False
+) -> str:
+    """A Markdown table with one row per named result and one column per metric (percent, 1 decimal).
+
+    ``counts`` adds what each row was averaged over: scored images and labels with a scored positive.
+    """
+    extra = ("images", "labels") if counts else ()
+    lines = [
+        "| setting | " + " | ".join((*extra, *keys)) + " |",
+        "|---|" + "---:|" * (len(extra) + len(keys)),
+    ]
     for name, metrics in rows.items():
-        cells = [f"{metrics[k]:.1f}" if k in metrics else "-" for k in keys]
+        cells = [str(metrics.get(k, "-")) for k in ("n_images", "n_labels_scored")[: len(extra)]]
+        cells += [f"{metrics[k]:.1f}" if k in metrics else "-" for k in keys]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def flatten_settings(results: dict, prefix: str = "") -> dict[str, dict]:
-    """``{"regular": m, "partial": {"0.5": m}}`` -> ``{"regular": m, "partial 50% known": m}``."""
-    rows = {}
-    for name, value in results.items():
-        if name == "partial":
+# ------------------------------------------------------------------------------------ settings
+# Evaluation results are nested by kind, ``{"regular": m, "partial": {"0.5": m}, "extra": m,
+# "partial_extra": {"0.5": m}}`` (``ctran.training.evaluation.evaluate``, ``metrics.json``'s ``settings``);
+# each setting also has one flat name, ``regular``, ``partial_0.5``, ``extra``, ``partial_0.5+extra``.
+
+
+def setting_name(known: float, extra: bool) -> str:
+    """The one name of a setting: the fraction of target labels known, and whether extras are revealed."""
+    if known == 0:
+        return "extra" if extra else "regular"
+    return f"partial_{known:g}" + ("+extra" if extra else "")
+
+
+def add_setting(results: dict, known: float, extra: bool, metrics: dict) -> None:
+    """Store one setting's metrics in the nested results (the inverse of ``iter_settings``)."""
+    if known == 0:
+        results["extra" if extra else "regular"] = metrics
+    else:
+        results.setdefault("partial_extra" if extra else "partial", {})[f"{known:g}"] = metrics
+
+
+def iter_settings(results: dict) -> Iterator[tuple[float, bool, dict]]:
+    """(fraction known, extras revealed, metrics) for every setting in nested results, in stored order."""
+    for key, value in results.items():
+        if key in ("regular", "extra"):
+            yield 0.0, key == "extra", value
+        elif key in ("partial", "partial_extra"):
             for fraction, metrics in value.items():
-                rows[f"{prefix}partial {float(fraction):.0%} known"] = metrics
-        else:
-            rows[f"{prefix}{name}"] = value
+                yield float(fraction), key == "partial_extra", metrics
+
+
+def settings_by_name(results: dict) -> dict[str, dict]:
+    """Nested results -> ``{"regular": m, "partial_0.5": m, "partial_0.5+extra": m, ...}``."""
+    return {setting_name(known, extra): m for known, extra, m in iter_settings(results)}
+
+
+def flatten_settings(results: dict, prefix: str = "") -> dict[str, dict]:
+    """Nested results -> rows for people: ``{"regular": m, "partial 50% known": m, "extra": m, ...}``."""
+    rows = {}
+    for known, extra, metrics in iter_settings(results):
+        name = f"partial {known:.0%} known" if known else ""
+        name = " + ".join(filter(None, [name, "extra" if extra else ""])) or "regular"
+        rows[f"{prefix}{name}"] = metrics
     return rows
 
 

@@ -34,9 +34,19 @@ def _version() -> str:
     return __version__
 
 
+def _is_override(token: str) -> bool:
+    """``section.key=value``: a config override, not a stray option or file name."""
+    return "=" in token and not token.startswith("-")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ctran`` script and ``python -m ctran``."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if rest and hasattr(args, "overrides") and all(_is_override(token) for token in rest):
+        args.overrides += rest  # KEY=VALUE after an option: argparse takes one run of positionals only
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         return args.run(args)
     except CTranError as err:

@@ -2,7 +2,32 @@
 
 from __future__ import annotations
 
+import argparse
+import sys
+
 from ctran.errors import CTranError
+
+# The names of ctran.data.registry.REGISTRY (a test keeps them equal), here so that building the parser,
+# and so ``--help``, does not import the readers and torch.
+DATASET_FORMATS = ("voc", "coco", "vg500", "nuswide", "cub", "openimages", "csv", "jsonl", "digits")
+
+
+def show_progress(quiet: bool) -> bool:
+    """Progress bars only for a person watching: not with ``--quiet``, and only when stderr is a terminal.
+
+    Redirected to a file or a CI log, a bar is hundreds of carriage-return updates, not information.
+    """
+    return not quiet and sys.stderr.isatty()
+
+
+def add_quiet_flag(parser: argparse.ArgumentParser, epoch_lines: bool = False) -> None:
+    """``--quiet``, saying what it hides (bars) and, for training, what it keeps (one line per epoch)."""
+    kept = "; the one line per epoch stays" if epoch_lines else ""
+    parser.add_argument(
+        "--quiet",
+        action="store_true",
+        help=f"no progress bars{kept} (bars are shown only when stderr is a terminal)",
+    )
 
 
 def positive(value: int, flag: str) -> int:

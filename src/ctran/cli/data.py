@@ -7,13 +7,12 @@ import os
 import warnings
 from pathlib import Path
 
-from ctran.cli.args import dataset_options
-from ctran.data.registry import FORMATS
+from ctran.cli.args import DATASET_FORMATS, add_quiet_flag, dataset_options, show_progress
 
 
 def add_dataset_arguments(parser: argparse.ArgumentParser, split_help: str) -> None:
     """``--format/--root/--split/--option``, shared with any command that reads a dataset."""
-    parser.add_argument("--format", required=True, choices=FORMATS, help="dataset format")
+    parser.add_argument("--format", required=True, choices=DATASET_FORMATS, help="dataset format")
     parser.add_argument("--root", type=Path, default=None, help="dataset folder (or file, for csv/jsonl)")
     parser.add_argument("--split", default=None, help=split_help)
     parser.add_argument(
@@ -47,7 +46,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     check.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="decoding threads")
     check.add_argument("--no-decode", action="store_true", help="only check that image files exist")
     check.add_argument("--strict", action="store_true", help="exit 1 if any image is missing or unreadable")
-    check.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_quiet_flag(check)
     check.set_defaults(run=_run_check)
     stats = actions.add_parser(
         "stats",
@@ -78,7 +77,8 @@ def _run_check(args: argparse.Namespace) -> int:
     from ctran.report import write_json
 
     split, dataset = _open(args)
-    unreadable = {} if args.no_decode else verify_images(dataset, args.workers, progress=not args.quiet)
+    progress = show_progress(args.quiet)
+    unreadable = {} if args.no_decode else verify_images(dataset, args.workers, progress=progress)
     report = {
         "format": args.format,
         "root": str(args.root) if args.root else None,

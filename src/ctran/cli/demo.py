@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ctran.cli.args import parse_sizes, positive
+from ctran.cli.args import add_quiet_flag, parse_sizes, positive, show_progress
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -31,7 +31,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="number of scenes per split, for quick runs (default: 12000,2000,4000)",
     )
     p.add_argument("--json", type=Path, default=None, help="also write the report JSON here")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_quiet_flag(p, epoch_lines=True)
     p.set_defaults(run=run)
 
 
@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
         train, val, test = parse_sizes(args.sizes)
         overrides.append(f"data.sizes={{train: {train}, val: {val}, test: {test}}}")
     config = demo_config(overrides)
-    report = run_demo(args.out, config, progress=not args.quiet)
+    report = run_demo(args.out, config, progress=show_progress(args.quiet))
     print((Path(args.out) / "report.md").read_text())
     model, _ = load_checkpoint(Path(args.out) / "ctran.pt")
     test_size = (config.data.sizes or {}).get("test")

@@ -1,26 +1,36 @@
-"""``ctran evaluate``: metrics of a checkpoint in one inference setting."""
+"""``ctran evaluate``: metrics of a checkpoint in one or several inference settings, in one pass."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from ctran.cli.args import dataset_options, positive
-from ctran.data.base import LabeledImages
-from ctran.data.registry import FORMATS, build_dataset, default_split
+from ctran.cli.args import DATASET_FORMATS, add_quiet_flag, dataset_options, positive, show_progress
 from ctran.errors import CTranError
+
+EXTRA_CHOICES = ("no", "yes", "both")
 
 
 def register(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser(
         "evaluate",
-        help="evaluate a checkpoint on a dataset (regular, partial or extra-label inference)",
-        description="Evaluate a checkpoint. With neither --known nor --extra: regular inference. "
-        "--known P reveals a fraction P of the target labels per image (the same labels for every run and "
-        "model); --extra reveals every extra label. Metrics are in percent, over the labels left unknown.",
+        help="evaluate a checkpoint on a dataset: regular, partial and extra-label settings, in one pass",
+        description="Evaluate a checkpoint in one or several settings; the backbone runs once per image for "
+        "all of them. --known P reveals a fraction P of the target labels per image (the same labels for "
+        "every run and model); a list (--known 0,0.25,0.5,0.75) scores each fraction. --extra reveals every "
+        "extra label in each of those settings (--extra both: each with and without). Settings are named "
+        "regular, partial_0.5, extra, partial_0.5+extra. Metrics are in percent, over the labels left "
+        "unknown; the table says how many images and labels each setting scored, and --json adds the AP "
+        "of every label.",
+        epilog="examples:\n"
+        "  ctran evaluate --checkpoint runs/demo/ctran.pt --known 0,0.25,0.5,0.75 --extra both\n"
+        "  ctran evaluate --checkpoint runs/voc/best.pt --data voc --data-root /data/VOCdevkit --known 0.5",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--checkpoint", required=True, type=Path, help="a ctran checkpoint (.pt)")
-    p.add_argument("--data", default="digits", choices=FORMATS, help="dataset format (default: digits)")
+    p.add_argument(
+        "--data", default="digits", choices=DATASET_FORMATS, help="dataset format (default: digits)"
+    )
     p.add_argument(
         "--option",
         "-o",
@@ -42,19 +52,61 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--size", type=int, default=None, help="number of scenes (digits only; default: full split)"
     )
-    p.add_argument("--known", type=float, default=0.0, metavar="P", help="fraction of target labels known")
-    p.add_argument("--extra", action="store_true", help="reveal all extra labels")
+    p.add_argument(
+        "--known",
+        default="0",
+        metavar="P[,P...]",
+        help="fractions of target labels known, each in [0, 1), comma-separated (default: 0, regular)",
+    )
+    p.add_argument(
+        "--extra",
+        nargs="?",
+        const="yes",
+        default="no",
+        choices=EXTRA_CHOICES,
+        help="reveal all extra labels in every setting (--extra or --extra yes), or score every setting "
+        "with and without them (--extra both); default: no",
+    )
     p.add_argument(
         "--intervention",
         action="store_true",
         help="datasets with extra-label groups (CUB-312): class accuracy with k = 0..G groups revealed",
     )
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64, help="images per batch (default: 64)")
     p.add_argument("--workers", type=int, default=0, help="data-loading processes (default: 0)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--json", type=Path, default=None, help="write the metrics as JSON here")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    p.add_argument("--json", type=Path, default=None, help="write the metrics (every setting) as JSON here")
+    add_quiet_flag(p)
     p.set_defaults(run=run)
+
+
+def parse_fractions(text: str) -> list[float]:
+    """``"0,0.25,0.5"`` -> ``[0.0, 0.25, 0.5]``: each in [0, 1), duplicates dropped, order kept."""
+    try:
+        fractions = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        fractions = []
+    if not fractions:
+        raise CTranError(f"--known expects fractions like 0.5 or 0,0.25,0.5, got {text!r}")
+    for fraction in fractions:
+        if not 0.0 <= fraction < 1.0:
+            raise CTranError(f"--known fractions must be in [0, 1), got {fraction:g}")
+    return list(dict.fromkeys(fractions))
+
+
+def requested_settings(known: str, extra: str) -> list:
+    """The settings of one ``evaluate`` call: every fraction, with extras per ``--extra no|yes|both``."""
+    from ctran.training.evaluation import Setting
+
+    reveal = {"no": (False,), "yes": (True,), "both": (False, True)}[extra]
+    return [Setting(fraction, shown) for shown in reveal for fraction in parse_fractions(known)]
+
+
+def eval_split(args: argparse.Namespace) -> str:
+    """The split named on the command line, else the format's test split."""
+    from ctran.data.registry import default_split
+
+    return args.split or default_split(args.data, "test")
 
 
 def evaluation_seed(args: argparse.Namespace, meta: dict) -> int:
@@ -65,7 +117,7 @@ def evaluation_seed(args: argparse.Namespace, meta: dict) -> int:
     if args.data == "digits" and seed != train_seed:
         from ctran.data.digit_scenes import training_overlap
 
-        split = args.split or default_split(args.data, "test")
+        split = eval_split(args)
         overlap = training_overlap(train_seed, seed, split)
         if overlap > 0:
             raise CTranError(
@@ -76,8 +128,9 @@ def evaluation_seed(args: argparse.Namespace, meta: dict) -> int:
     return seed
 
 
-def load_eval_dataset(args: argparse.Namespace, meta: dict, seed: int) -> LabeledImages:
+def load_eval_dataset(args: argparse.Namespace, meta: dict, seed: int):
     """The dataset split named on the command line, prepared the way the checkpoint's images were."""
+    from ctran.data.registry import build_dataset
     from ctran.normalization import as_normalization
 
     options = dataset_options(args.option)
@@ -86,11 +139,10 @@ def load_eval_dataset(args: argparse.Namespace, meta: dict, seed: int) -> Labele
             options["size"] = args.size
     elif args.data_root is None:
         raise CTranError(f"--data-root is required for --data {args.data}")
-    split = args.split or default_split(args.data, "test")
     return build_dataset(
         args.data,
         args.data_root,
-        split,
+        eval_split(args),
         image_size=meta.get("image_size") or 576,
         scale_size=meta.get("scale_size"),
         seed=seed,
@@ -102,12 +154,11 @@ def load_eval_dataset(args: argparse.Namespace, meta: dict, seed: int) -> Labele
 def run(args: argparse.Namespace) -> int:
     from ctran.checkpoint import load_checkpoint
     from ctran.devices import resolve_device
-    from ctran.report import metrics_table, write_json
-    from ctran.training.evaluation import Setting, evaluate
+    from ctran.report import metrics_table, settings_by_name, write_json
+    from ctran.training.evaluation import evaluate
     from ctran.training.loaders import eval_loader
 
-    if not 0.0 <= args.known < 1.0:
-        raise CTranError(f"--known must be a fraction in [0, 1), got {args.known}")
+    settings = requested_settings(args.known, args.extra)  # argument mistakes before loading anything
     device = resolve_device(args.device)
     model, meta = load_checkpoint(args.checkpoint, device)
     seed = evaluation_seed(args, meta)
@@ -117,12 +168,27 @@ def run(args: argparse.Namespace) -> int:
     loader = eval_loader(dataset, positive(args.batch_size, "--batch-size"), workers=args.workers)
     if args.intervention:
         return _run_intervention(args, model, loader, device, seed)
-    setting = Setting(known_fraction=args.known, reveal_extras=args.extra)
-    results = evaluate(model, loader, [setting], seed, device, progress=not args.quiet)
-    metrics = results["partial"][f"{args.known:g}"] if "partial" in results else next(iter(results.values()))
-    print(metrics_table({f"{setting.name} ({args.data}, {metrics['n_images']} images)": metrics}))
+    if args.extra != "no" and not dataset.extra_names:
+        raise CTranError(f"--extra: this {args.data} dataset has no extra labels to reveal")
+    results = evaluate(model, loader, settings, seed, device, progress=show_progress(args.quiet))
+    rows = settings_by_name(results)
+    where = f"{args.checkpoint} on {args.data} {eval_split(args)}"
+    print(f"{where}; metrics in %, over the labels left unknown\n")
+    print(metrics_table(rows, counts=True))
     if args.json:
-        write_json(args.json, {**metrics, "setting": setting.name, "known": args.known, "extra": args.extra})
+        first = settings[0]
+        summary = {
+            **rows[first.name],
+            "setting": first.name,
+            "known": first.known_fraction,
+            "extra": first.reveal_extras,
+            "checkpoint": str(args.checkpoint),
+            "data": args.data,
+            "split": eval_split(args),
+            "seed": seed,
+            "settings": results,
+        }
+        write_json(args.json, summary)
     return 0
 
 
@@ -138,7 +204,7 @@ def _run_intervention(
         raise CTranError(
             f"--intervention needs a dataset with extra-label groups (cub); {args.data} has none"
         )
-    result = group_intervention(model, loader, groups, seed, device, progress=not args.quiet)
+    result = group_intervention(model, loader, groups, seed, device, progress=show_progress(args.quiet))
     print("| groups known | concepts known (%) | class accuracy (%) | mAP (%) |\n|---:|---:|---:|---:|")
     for k, fraction, accuracy, m in zip(
         result["k"], result["revealed_fraction"], result["class_accuracy"], result["mAP"], strict=True

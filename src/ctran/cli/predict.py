@@ -9,7 +9,7 @@ import io
 import sys
 from pathlib import Path
 
-from ctran.cli.args import positive
+from ctran.cli.args import add_quiet_flag, positive, show_progress
 from ctran.errors import CTranError
 
 FORMATS = ("table", "json", "csv")
@@ -48,7 +48,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="fp32 (default: the model's exact numbers), bf16 (about 3x faster on CPUs with AVX512-BF16 and "
         "on GPUs; probabilities move by at most about 0.01), fp16 (CUDA), or auto (bf16 where supported)",
     )
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_quiet_flag(p)
     p.set_defaults(run=_run_predict)
 
 
@@ -115,9 +115,8 @@ def _run_predict(args: argparse.Namespace) -> int:
         raise CTranError(f"no image files found in {', '.join(args.paths)}")
 
     results = []
-    with tqdm(
-        total=len(paths), unit="img", desc="predict", disable=args.quiet or len(paths) <= batch_size
-    ) as bar:
+    bars = show_progress(args.quiet) and len(paths) > batch_size
+    with tqdm(total=len(paths), unit="img", desc="predict", disable=not bars) as bar:
         for start in range(0, len(paths), batch_size):
             pixels, names = [], []
             for path in paths[start : start + batch_size]:

@@ -1,13 +1,14 @@
 """Evaluate a model in the three inference settings, running the backbone once per image.
 
-A ``Setting`` says which labels the model is told: ``regular`` (none), ``partial`` (a fraction of the target
-labels, chosen per image from the seed), ``extra`` (all extra labels). Each batch is encoded once and only
-the label tokens + transformer + readout run again per setting.
+A ``Setting`` says which labels the model is told: ``regular`` (none), ``partial_P`` (a fraction P of the
+target labels, chosen per image from the seed), ``extra`` (all extra labels) and ``partial_P+extra`` (both).
+Each batch is encoded once and only the label tokens + transformer + readout run again per setting, so
+scoring several settings in one call gives exactly the numbers of one call per setting.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -16,6 +17,7 @@ from tqdm import tqdm
 
 from ctran.errors import CTranError
 from ctran.metrics import multilabel_metrics
+from ctran.report import add_setting, setting_name
 from ctran.states import UNKNOWN
 from ctran.training.distributed import DistContext, gather_objects
 from ctran.training.label_mask import evaluation_states, scored_mask
@@ -31,9 +33,8 @@ class Setting:
 
     @property
     def name(self) -> str:
-        if self.reveal_extras:
-            return "extra"
-        return "regular" if self.known_fraction == 0 else f"partial_{self.known_fraction:g}"
+        """``regular``, ``partial_0.5``, ``extra`` or ``partial_0.5+extra``."""
+        return setting_name(self.known_fraction, self.reveal_extras)
 
 
 def standard_settings(fractions: Iterable[float] = (0.25, 0.5, 0.75), extra: bool = True) -> list[Setting]:
@@ -100,20 +101,22 @@ def evaluate(
     precision: str = "fp32",
     progress: bool = False,
     ctx: DistContext | None = None,
+    label_names: Sequence[str] | None = None,
 ) -> dict:
-    """Metrics (percent) per setting: ``{"regular": {...}, "partial": {"0.5": {...}}, "extra": {...}}``.
+    """Metrics (percent) per setting, nested by kind (``ctran.report.iter_settings`` reads them back):
+    ``{"regular": {...}, "partial": {"0.5": {...}}, "extra": {...}, "partial_extra": {"0.5": {...}}}``.
 
-    Under torchrun each process scores its shard; rows from every process are gathered before metrics.
+    Each setting's metrics hold ``per_label`` AP and positives, named by ``label_names`` (default: the
+    loader's dataset's ``target_names``). Under torchrun each process scores its shard; rows from every
+    process are gathered before metrics.
     """
     settings = settings or standard_settings()
+    names = label_names if label_names is not None else getattr(loader.dataset, "target_names", None)
     scores = collect_scores(model, loader, settings, seed, device, precision, progress)
     if ctx is not None and ctx.enabled:
         scores = {setting: merge_shards(gather_objects(scores[setting], ctx)) for setting in settings}
     results: dict = {}
     for setting, (probs, truth, scored, _) in scores.items():
-        metrics = multilabel_metrics(probs, truth, mask=scored)
-        if setting.known_fraction and not setting.reveal_extras:
-            results.setdefault("partial", {})[f"{setting.known_fraction:g}"] = metrics
-        else:
-            results[setting.name] = metrics
+        metrics = multilabel_metrics(probs, truth, mask=scored, label_names=names)
+        add_setting(results, setting.known_fraction, setting.reveal_extras, metrics)
     return results
