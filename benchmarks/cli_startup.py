@@ -34,7 +34,7 @@ IMPORT_CHECK = (
     "import sys\nfrom ctran.cli import main\n"
     "for argv in (['--help'], ['--version'], ['train', '--help']):\n"
     "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
-    f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))"
+    f"print('imported:', ','.join(m for m in {HEAVY!r} if m in sys.modules))"
 )
 
 
@@ -47,10 +47,9 @@ def time_once(args: list[str]) -> float:
 
 def heavy_imports() -> list[str]:
     """The heavy libraries imported while parsing ``--help``, ``--version`` and ``train --help``."""
-    out = subprocess.run(
-        [sys.executable, "-c", IMPORT_CHECK], check=True, capture_output=True, text=True
-    ).stdout
-    return [name for name in out.strip().splitlines()[-1].split(",") if name] if out.strip() else []
+    out = subprocess.run([sys.executable, "-c", IMPORT_CHECK], check=True, capture_output=True, text=True)
+    line = out.stdout.strip().splitlines()[-1]  # "imported: torch,numpy" after the help texts
+    return [name for name in line.removeprefix("imported:").strip().split(",") if name]
 
 
 def measure(repeats: int) -> dict[str, dict]:

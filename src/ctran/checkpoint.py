@@ -8,6 +8,9 @@ with ``ctran.model.build_from_config``.
 from __future__ import annotations
 
 import hashlib
+import pickle
+import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,7 +64,12 @@ def read_checkpoint(path: str | Path) -> dict:
     if not path.is_file():
         raise CTranError(f"checkpoint not found: {path}")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a foreign pickle's protocol notice says nothing useful here
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        # torch's advice (load with weights_only=False) would run whatever code the file holds.
+        raise CTranError(f"{path} is not a ctran checkpoint: {_unpickling_problem(err)}") from err
     except Exception as err:  # torch raises several types for truncated or foreign files
         raise CTranError(f"cannot read checkpoint {path}: {type(err).__name__}: {err}") from err
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
@@ -72,6 +80,17 @@ def read_checkpoint(path: str | Path) -> dict:
     if expected is not None and weights_checksum(payload["state_dict"]) != expected:
         raise CTranError(f"checkpoint {path} is corrupted: its weights do not match their checksum")
     return payload
+
+
+def _unpickling_problem(err: pickle.UnpicklingError) -> str:
+    """What torch's weights-only loader refused, in ctran's words (never "load it unsafely")."""
+    match = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+    if match is None:
+        return "it is not a file of weights (nor any PyTorch file)"
+    return (
+        f"it holds pickled Python objects ({match.group(1)}), which ctran never loads because unpickling "
+        "can run code; for official C-Tran weights use ctran convert-official"
+    )
 
 
 def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict]:

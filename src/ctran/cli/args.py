@@ -11,6 +11,9 @@ from ctran.errors import CTranError
 # and so ``--help``, does not import the readers and torch.
 DATASET_FORMATS = ("voc", "coco", "vg500", "nuswide", "cub", "openimages", "csv", "jsonl", "digits")
 
+# predict and serve share one default cut (Predictor.default_threshold); both --help texts say which.
+THRESHOLD_DEFAULT = "default: the checkpoint's calibrated per-label thresholds when it has them, else 0.5"
+
 
 def show_progress(quiet: bool) -> bool:
     """Progress bars only for a person watching: not with ``--quiet``, and only when stderr is a terminal.

@@ -9,7 +9,7 @@ import io
 import sys
 from pathlib import Path
 
-from ctran.cli.args import add_quiet_flag, positive, show_progress
+from ctran.cli.args import THRESHOLD_DEFAULT, add_quiet_flag, positive, show_progress
 from ctran.errors import CTranError
 
 FORMATS = ("table", "json", "csv")
@@ -29,9 +29,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", required=True, type=Path, help="a ctran checkpoint (.pt)")
     add_label_options(p)
     cut = p.add_mutually_exclusive_group()
-    cut.add_argument("--threshold", type=float, default=0.5, help="probability cut (default: 0.5)")
+    cut.add_argument("--threshold", type=float, default=None, help=f"probability cut ({THRESHOLD_DEFAULT})")
     cut.add_argument(
-        "--calibrated", action="store_true", help="use the per-label thresholds stored in the checkpoint"
+        "--calibrated",
+        action="store_true",
+        help="the per-label thresholds stored in the checkpoint (an error if it has none)",
     )
     p.add_argument(
         "--top-k", type=int, default=None, metavar="K", help="list only each image's K best labels"
@@ -104,7 +106,7 @@ def _run_predict(args: argparse.Namespace) -> int:
     predictor = load(args.checkpoint, args.device, batch_size, args.precision)
     known, extra = parse_spec(args.known, "--known"), parse_spec(args.extra, "--extra")
     predictor.states(known, extra, 1)  # every label mistake ends here, before any image is read
-    threshold = "calibrated" if args.calibrated else args.threshold
+    threshold = "calibrated" if args.calibrated else args.threshold  # None: the checkpoint's default
     predictor.cutoffs(threshold)
 
     paths, missing = expand_paths(args.paths)

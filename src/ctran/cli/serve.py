@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from ctran.cli.args import positive
+from ctran.cli.args import THRESHOLD_DEFAULT, positive
 from ctran.errors import CTranError
 
 
@@ -31,8 +31,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--threshold",
         type=float,
         default=None,
-        help="probability at which a label counts as present (default: the checkpoint's calibrated "
-        "per-label thresholds when it has them, else 0.5)",
+        help=f"probability at which a label counts as present ({THRESHOLD_DEFAULT})",
     )
     p.add_argument(
         "--max-upload-mb", type=float, default=20.0, help="largest accepted upload (default: 20 MB)"

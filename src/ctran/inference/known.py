@@ -42,12 +42,23 @@ def parse_spec(texts: str | Sequence[str] | None, flag: str = "--known") -> dict
     return spec
 
 
-def _parse_value(word: str, name: str, flag: str) -> bool:
-    lowered = word.lower()
+def bool_word(word: str) -> bool | None:
+    """``"yes"`` -> True, ``"0"`` -> False (the CLI's spellings, any case and spacing); None otherwise.
+
+    One list of spellings for the command line and the JSON API, so a value means the same in both.
+    """
+    lowered = word.strip().lower()
     if lowered in TRUE_WORDS:
         return True
     if lowered in FALSE_WORDS:
         return False
+    return None
+
+
+def _parse_value(word: str, name: str, flag: str) -> bool:
+    value = bool_word(word)
+    if value is not None:
+        return value
     raise CTranError(f"{flag}: value {word!r} for label {name!r} is not one of 1/0, true/false, yes/no, +/-")
 
 

@@ -29,7 +29,8 @@ from ctran.normalization import Normalization, as_normalization
 from ctran.states import POSITIVE, UNKNOWN
 from ctran.training.precision import autocast
 
-ImageInput = str | Path | Image.Image | torch.Tensor
+DEFAULT_THRESHOLD = 0.5  # the cut for checkpoints without calibrated thresholds
+ImageInput = str | Path | Image.Image | torch.Tensor | np.ndarray
 Images = ImageInput | Sequence[ImageInput]
 KnownInput = LabelSpec | Sequence[LabelSpec] | None
 
@@ -114,8 +115,11 @@ class Predictor:
         """One image -> (normalised (3, H, W) tensor, id, original (width, height)).
 
         Paths and PIL images are decoded to RGB and resized as at evaluation; tensors are taken as given
-        (already normalised). An unreadable file raises ``CTranError`` naming it.
+        (already normalised); numpy arrays as ``_from_array`` says. An unreadable file raises ``CTranError``
+        naming it.
         """
+        if isinstance(source, np.ndarray):
+            source = _from_array(source)
         if isinstance(source, torch.Tensor):
             if source.dim() != 3 or source.shape[0] != 3:
                 shape = tuple(source.shape)
@@ -167,12 +171,13 @@ class Predictor:
         features: Features,
         known: KnownInput = None,
         extra: KnownInput = None,
-        threshold: float | str = 0.5,
+        threshold: float | str | None = None,
     ) -> list[Prediction]:
         """Predict from cached tokens given what is known: label tokens + transformer + readout only.
 
         ``known``/``extra`` are ``{label: bool}`` dicts, the same for every image, or one dict per image.
-        ``threshold`` is a probability or ``"calibrated"`` (the per-label thresholds stored at training).
+        ``threshold`` is a probability, ``"calibrated"`` (the per-label thresholds stored at training) or
+        None for ``default_threshold``.
         """
         states = self.states(known, extra, len(features))  # (B, L)
         cuts = self.cutoffs(threshold)
@@ -184,7 +189,7 @@ class Predictor:
         images: Images,
         known: KnownInput = None,
         extra: KnownInput = None,
-        threshold: float | str = 0.5,
+        threshold: float | str | None = None,
         names: Sequence[str] | None = None,
         batch_size: int | None = None,
         progress: bool = False,
@@ -221,7 +226,7 @@ class Predictor:
         with autocast(self.device, self.precision):
             output = self.model.decode(features.tokens, states.to(self.device), return_attention=True)
         probs = output.logits[0].float().sigmoid().cpu()  # (L,)
-        prediction = self._to_prediction(name, probs, states[0], self.cutoffs(0.5))
+        prediction = self._to_prediction(name, probs, states[0], self.cutoffs())
         chosen = self._explained_labels(labels, prediction, top_k)
         return explain_attention(
             name,
@@ -254,8 +259,17 @@ class Predictor:
 
         return self.states(part(known), part(extra), count)
 
-    def cutoffs(self, threshold: float | str) -> np.ndarray:
-        """Per-target-label thresholds (T,)."""
+    @property
+    def default_threshold(self) -> float | str:
+        """What ``threshold=None`` means, in ``predict``, ``ctran predict`` and ``ctran serve`` alike: the
+        checkpoint's calibrated per-label thresholds when it stores them (``ctran train`` and ``ctran demo``
+        do), else 0.5."""
+        return "calibrated" if self.thresholds is not None else DEFAULT_THRESHOLD
+
+    def cutoffs(self, threshold: float | str | None = None) -> np.ndarray:
+        """Per-target-label thresholds (T,); None: ``default_threshold``."""
+        if threshold is None:
+            threshold = self.default_threshold
         if isinstance(threshold, str):
             if threshold != "calibrated":
                 raise CTranError(f"threshold must be a probability or 'calibrated', got {threshold!r}")
@@ -364,15 +378,32 @@ def load(
 
 
 def _flatten(images: Images) -> list[ImageInput]:
-    """A flat list of single images; (B, 3, H, W) tensors count as B images."""
-    if isinstance(images, torch.Tensor):
-        return list(images) if images.dim() == 4 else [images]
+    """A flat list of single images; (B, 3, H, W) tensors and (B, ...) arrays count as B images."""
+    if isinstance(images, torch.Tensor | np.ndarray):
+        return list(images) if images.ndim == 4 else [images]
     if isinstance(images, str | Path | Image.Image):
         return [images]
     flat: list[ImageInput] = []
     for item in images:
-        flat += list(item) if isinstance(item, torch.Tensor) and item.dim() == 4 else [item]
+        flat += list(item) if isinstance(item, torch.Tensor | np.ndarray) and item.ndim == 4 else [item]
     return flat
+
+
+def _from_array(array: np.ndarray) -> Image.Image | torch.Tensor:
+    """A numpy image as one of the other inputs, decided by its dtype so that nothing is guessed.
+
+    uint8 ``(H, W)``, ``(H, W, 1|3|4)`` pixels (PIL, imageio, OpenCV after BGR -> RGB) become a PIL image and
+    are resized and normalised like a file; float ``(3, H, W)`` arrays are normalised pixels, as tensors.
+    """
+    if array.dtype.kind == "f":
+        return torch.from_numpy(np.ascontiguousarray(array))
+    channels = array.shape[2] if array.ndim == 3 else None
+    if array.dtype == np.uint8 and (array.ndim == 2 or channels in (1, 3, 4)):
+        return Image.fromarray(array[..., 0] if channels == 1 else np.ascontiguousarray(array))
+    raise CTranError(
+        f"numpy images must be uint8 pixels (H, W[, 1|3|4]) or normalised float (3, H, W), got "
+        f"{array.dtype} {array.shape}"
+    )
 
 
 def _stack(pixels: list[torch.Tensor], ids: list[str]) -> torch.Tensor:

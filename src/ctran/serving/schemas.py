@@ -2,7 +2,37 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool
+from typing import Annotated
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, WithJsonSchema
+
+from ctran.inference.known import FALSE_WORDS, TRUE_WORDS, bool_word
+
+
+def _spelled_bool(value: object) -> object:
+    """The command line's spellings of a label value (1/0, "yes"/"no", "+"/"-", ...) as a bool.
+
+    Anything else is passed on unchanged for ``StrictBool`` to refuse (422), never guessed at: Python's
+    truthiness would read "no" as present.
+    """
+    if isinstance(value, str):
+        parsed = bool_word(value)
+        return value if parsed is None else parsed
+    if type(value) is int and value in (0, 1):
+        return bool(value)
+    return value
+
+
+LABEL_VALUE_SCHEMA = {
+    "anyOf": [
+        {"type": "boolean"},
+        {"type": "integer", "enum": [0, 1]},
+        {"type": "string", "enum": sorted(TRUE_WORDS | FALSE_WORDS)},
+    ],
+    "description": "present or absent: true/false, 1/0, or the strings of the CLI (1/0, true/false, yes/no, "
+    "y/n, +/-, pos/neg, positive/negative; any case)",
+}
+LabelValue = Annotated[StrictBool, BeforeValidator(_spelled_bool), WithJsonSchema(LABEL_VALUE_SCHEMA)]
 
 
 class ConditionRequest(BaseModel):
@@ -10,8 +40,8 @@ class ConditionRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    known: dict[str, StrictBool] = Field(default_factory=dict, examples=[{"digit_3": True, "tag_sun": False}])
-    extra: dict[str, StrictBool] = Field(default_factory=dict, examples=[{"context_beach": True}])
+    known: dict[str, LabelValue] = Field(default_factory=dict, examples=[{"digit_3": True, "tag_sun": "no"}])
+    extra: dict[str, LabelValue] = Field(default_factory=dict, examples=[{"context_beach": 1}])
 
 
 class Predictions(BaseModel):

@@ -40,10 +40,7 @@ class TaggingService:
     def __init__(self, predictor: Predictor, cache_size: int = 32, threshold: float | None = None) -> None:
         self.predictor = predictor
         self.cache: FeatureCache[CachedImage] = FeatureCache(cache_size)
-        use_calibrated = threshold is None and predictor.thresholds is not None
-        self.threshold: float | str = (
-            "calibrated" if use_calibrated else 0.5 if threshold is None else threshold
-        )
+        self.threshold = predictor.default_threshold if threshold is None else threshold
         self.cutoffs = predictor.cutoffs(self.threshold)  # (T,) validates a given threshold too
         self._model_lock = threading.Lock()
         self._plot_lock = threading.Lock()

@@ -22,6 +22,7 @@ import copy
 import csv
 import io
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,12 +86,18 @@ class Trainer:
         checkpoint_meta: dict | None = None,
         progress: bool = True,
         desc: str = "train",
+        epoch_lines: bool = True,
     ) -> None:
+        """``progress``: tqdm bars; ``epoch_lines``: one printed line per epoch (both on rank 0 only)."""
         self.config, self.cfg = config, config.train
         self.ctx = ctx or DistContext(device=resolve_device(config.train.device))
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.meta = checkpoint_meta or {}
         self.progress, self.desc = progress and self.ctx.is_main, desc
+        self.epoch_lines = epoch_lines and self.ctx.is_main
+        self._tensorboard: type | None = None
+        if self.out_dir is not None and self.ctx.is_main:
+            self._tensorboard = _tensorboard_writer()
         if self.cfg.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
         torch.manual_seed(config.seed + self.ctx.rank)
@@ -327,7 +334,7 @@ class Trainer:
             save_checkpoint(
                 self.out_dir / "last.pt", self.model, **self.meta, training_state=self._state(rng)
             )
-        if self.progress:
+        if self.epoch_lines:
             ema = f"  (EMA {row['val_mAP_ema']:.2f})" if "val_mAP_ema" in row else ""
             loss, val = row["train_loss"], row["val_mAP"]
             tqdm.write(f"{self.desc} epoch {self.epoch}: loss {loss:.4f}  val mAP {val:.2f}{ema}")
@@ -383,11 +390,9 @@ class Trainer:
         writer.writeheader()
         writer.writerows(self.result.history)
         atomic_write_bytes(self.out_dir / "metrics.csv", buffer.getvalue().encode())
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
+        if self._tensorboard is None:
             return
-        with SummaryWriter(str(self.out_dir / "tensorboard")) as writer:
+        with self._tensorboard(str(self.out_dir / "tensorboard")) as writer:
             for key, value in row.items():
                 if key != "epoch":
                     writer.add_scalar(key, value, self.epoch)
@@ -404,6 +409,20 @@ def fit(
 ) -> TrainResult:
     """Train ``model`` in place (see ``Trainer``); it ends holding its best validation weights."""
     return Trainer(model, train_set, val_set, config, **options).fit()
+
+
+def _tensorboard_writer() -> type | None:
+    """TensorBoard's ``SummaryWriter``, or None (said once) when the optional package is not installed."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        print(
+            "ctran: TensorBoard logs are off (the tensorboard package is not installed: "
+            "pip install 'ctran[tensorboard]'); metrics.csv has every epoch",
+            file=sys.stderr,
+        )
+        return None
+    return SummaryWriter
 
 
 def _rng_state() -> dict:

@@ -1,0 +1,123 @@
+"""``ctran evaluate`` over several settings: one call equals one call per setting, every setting has its own
+name, and the JSON says per label what the mean is made of."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import ctran
+from ctran.checkpoint import save_checkpoint
+from ctran.cli import main
+from ctran.data.digit_scenes import CONTEXT_NAMES, DIGIT_NAMES, TAG_NAMES
+from ctran.metrics import METRIC_KEYS, average_precision
+from ctran.report import flatten_settings, iter_settings, settings_by_name
+from ctran.training.evaluation import Setting, collect_scores, evaluate
+from ctran.training.loaders import eval_loader
+
+SIZE = 96
+
+
+@pytest.fixture(scope="module")
+def digits_checkpoint(tmp_path_factory) -> Path:
+    """An untrained checkpoint with the digit scenes' 16 targets and 4 extra labels."""
+    path = tmp_path_factory.mktemp("ckpt") / "model.pt"
+    config = {"kind": "ctran", "num_labels": 20, "backbone": "small_cnn", "dim": 16, "layers": 1, "heads": 2}
+    torch.manual_seed(0)
+    model = ctran.model.build_from_config(config)
+    save_checkpoint(path, model, config, DIGIT_NAMES + TAG_NAMES, CONTEXT_NAMES, image_size=48)
+    return path
+
+
+def _evaluate(checkpoint: Path, json_path: Path, *flags: str) -> tuple[str, dict]:
+    stdout = io.StringIO()
+    argv = ["evaluate", "--checkpoint", str(checkpoint), "--size", str(SIZE), "--json", str(json_path)]
+    with contextlib.redirect_stdout(stdout):
+        assert main([*argv, *flags, "--quiet"]) == 0
+    return stdout.getvalue(), json.loads(json_path.read_text())
+
+
+def test_setting_names_are_distinct() -> None:
+    settings = [Setting(f, e) for e in (False, True) for f in (0.0, 0.5)]
+    assert [s.name for s in settings] == ["regular", "partial_0.5", "extra", "partial_0.5+extra"]
+
+
+def test_one_call_with_several_settings_equals_one_call_per_setting(digits_checkpoint, tmp_path) -> None:
+    table, together = _evaluate(
+        digits_checkpoint, tmp_path / "all.json", "--known", "0,0.25,0.5", "--extra", "both"
+    )
+    names = ["regular", "partial_0.25", "partial_0.5", "extra", "partial_0.25+extra", "partial_0.5+extra"]
+    by_name = settings_by_name(together["settings"])
+    assert list(by_name) == names
+    assert together["setting"] == "regular" and together["mAP"] == by_name["regular"]["mAP"]
+    separate_flags = {
+        "regular": [],
+        "partial_0.25": ["--known", "0.25"],
+        "partial_0.5": ["--known", "0.5"],
+        "extra": ["--extra"],
+        "partial_0.25+extra": ["--known", "0.25", "--extra"],
+        "partial_0.5+extra": ["--known", "0.5", "--extra"],
+    }
+    for name, flags in separate_flags.items():
+        _, alone = _evaluate(digits_checkpoint, tmp_path / f"{name}.json", *flags)
+        assert alone["setting"] == name
+        for key in (*METRIC_KEYS, "n_images", "n_labels_scored", "per_label"):
+            assert alone[key] == by_name[name][key], (name, key)
+    # revealing labels changes what is scored: partial settings score fewer entries than regular
+    assert by_name["partial_0.5+extra"]["mAP"] != by_name["partial_0.5"]["mAP"]
+    for name in names:
+        assert f"| {name} | {SIZE} | " in table  # each row says how many images it scored
+
+
+def test_per_label_ap_and_counts_are_those_of_the_scored_entries(digits_checkpoint) -> None:
+    model, _ = ctran.checkpoint.load_checkpoint(digits_checkpoint)
+    dataset = ctran.data.load_digit_scenes("test", 0, SIZE)
+    loader = eval_loader(dataset, 32)
+    setting = Setting(0.5, True)
+    results = evaluate(model, loader, [setting])
+    metrics = results["partial_extra"]["0.5"]
+    probs, truth, scored, _ = collect_scores(model, loader, [setting])[setting]
+    ap = average_precision(probs, truth, scored)
+    assert list(metrics["per_label"]) == list(dataset.target_names)
+    for i, name in enumerate(dataset.target_names):
+        entry = metrics["per_label"][name]
+        assert entry["positives"] == int(((truth[:, i] == 1) & scored[:, i]).sum())
+        assert entry["AP"] == (None if torch.isnan(ap[i]) else pytest.approx(100 * float(ap[i])))
+    defined = [entry["AP"] for entry in metrics["per_label"].values() if entry["AP"] is not None]
+    assert metrics["n_labels_scored"] == len(defined)
+    assert metrics["mAP"] == pytest.approx(sum(defined) / len(defined))
+    assert metrics["n_images"] == SIZE
+
+
+def test_nested_results_round_trip_and_read_as_rows() -> None:
+    results = {"regular": {"mAP": 1}, "partial": {"0.5": {"mAP": 2}}, "partial_extra": {"0.5": {"mAP": 3}}}
+    assert list(iter_settings(results)) == [
+        (0.0, False, {"mAP": 1}),
+        (0.5, False, {"mAP": 2}),
+        (0.5, True, {"mAP": 3}),
+    ]
+    assert list(flatten_settings(results, "C-Tran ")) == [
+        "C-Tran regular",
+        "C-Tran partial 50% known",
+        "C-Tran partial 50% known + extra",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--known", "0.5,1"], "--known"),
+        (["--known", "a,b"], "--known"),
+        (["--known", ""], "--known"),
+    ],
+)
+def test_bad_settings_are_refused_before_loading(tmp_path, flags, message, capsys) -> None:
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(["evaluate", "--checkpoint", str(tmp_path / "missing.pt"), *flags]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "missing.pt" not in err
