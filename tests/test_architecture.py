@@ -20,6 +20,7 @@ LAYERS = {
     "data": 2,
     "checkpoint": 3,
     "report": 3,
+    "comparison": 4,
     "training": 4,
     "inference": 5,
     "serving": 6,
