@@ -280,5 +280,18 @@ def test_foreign_and_missing_checkpoints_raise_ctran_error(tmp_path):
         load_checkpoint(tmp_path / "nothing.pt")
     garbage = tmp_path / "garbage.pt"
     garbage.write_text("not a checkpoint at all")
-    with pytest.raises(CTranError, match=r"garbage\.pt"):
+    with pytest.raises(CTranError, match=r"garbage\.pt is not a ctran checkpoint"):
         load_checkpoint(garbage)
+
+
+def test_a_pickled_model_is_not_a_ctran_checkpoint_and_no_unsafe_advice_is_given(tmp_path):
+    pickled = tmp_path / "model.pt"
+    torch.save(torch.nn.Linear(2, 2), pickled)  # a whole module, not a state dict
+    with pytest.raises(CTranError) as info:
+        load_checkpoint(pickled)
+    message = str(info.value)
+    assert (
+        message.startswith(f"{pickled} is not a ctran checkpoint")
+        and "torch.nn.modules.linear.Linear" in message
+    )
+    assert "weights_only" not in message and "trust" not in message

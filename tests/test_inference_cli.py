@@ -126,3 +126,20 @@ def test_label_and_option_mistakes_exit_2(
 def test_no_images_at_all_exits_2(tiny_checkpoint: Path, tmp_path: Path, capsys) -> None:
     code, _, err = _predict(capsys, "--checkpoint", str(tiny_checkpoint), str(tmp_path))
     assert code == 2 and "no image files found" in err
+
+
+def test_predict_without_threshold_cuts_where_serve_does(tiny_checkpoint: Path, photos: Path, capsys) -> None:
+    """One default for predict and serve: the checkpoint's calibrated thresholds (0.3, 0.5, 0.6, 0.7)."""
+    from fastapi.testclient import TestClient
+
+    from ctran.serving import create_app
+
+    image = str(photos / "a.png")
+    code, out, _ = _predict(capsys, "--checkpoint", str(tiny_checkpoint), image, "--format", "json")
+    assert code == 0
+    [row] = json.loads(out)
+    served = TestClient(create_app(ctran.load(tiny_checkpoint))).get("/api/labels").json()["thresholds"]
+    assert sorted(row["predicted"]) == sorted(n for n, p in row["probs"].items() if p >= served[n])
+    at_half = sorted(n for n, p in row["probs"].items() if p >= 0.5)
+    assert sorted(row["predicted"]) != at_half  # so a 0.5 default would have been caught
+    assert ctran.load(tiny_checkpoint).predict(image)[0].predicted == row["predicted"]  # the Python API too

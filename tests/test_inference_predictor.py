@@ -190,3 +190,22 @@ def test_load_refuses_foreign_files(tmp_path: Path) -> None:
     torch.save({"weights": 1}, junk)
     with pytest.raises(CTranError, match="not a ctran checkpoint"):
         ctran.load(junk)
+
+
+def test_numpy_images_are_read_like_pil_images_and_tensors(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    predictor = ctran.load(tiny_checkpoint)
+    path = _image(tmp_path / "a.png")
+    pixels = np.asarray(Image.open(path).convert("RGB"))  # (H, W, 3) uint8, as PIL/imageio/OpenCV give
+    [from_file] = predictor.predict(path)
+    [from_array] = predictor.predict(pixels)
+    assert from_array.probs == pytest.approx(from_file.probs, abs=1e-6)
+    for result in predictor.predict(np.stack([pixels, pixels])):  # (B, H, W, 3): B images
+        assert result.probs == pytest.approx(from_array.probs, abs=1e-6)
+    grey = np.asarray(Image.open(path).convert("L"))  # (H, W)
+    [from_grey] = predictor.predict(grey)
+    assert from_grey.probs == pytest.approx(predictor.predict(Image.fromarray(grey))[0].probs, abs=1e-6)
+    normalised = predictor.read(path)[0].numpy()  # float (3, S, S), as a tensor would be
+    [from_float] = predictor.predict(normalised)
+    assert from_float.probs == pytest.approx(from_file.probs, abs=1e-6)
+    with pytest.raises(CTranError, match="uint8 pixels"):
+        predictor.predict(pixels.astype(np.int64))

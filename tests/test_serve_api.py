@@ -447,3 +447,19 @@ def test_serve_command_listens_on_loopback_and_stops_on_ctrl_c(checkpoint: Path,
         out, err = process.communicate(timeout=30)
     assert process.returncode == 0, err.decode()
     assert b"listening on http://127.0.0.1:" in out
+
+
+def test_condition_accepts_the_command_lines_spellings_of_yes_and_no(client: TestClient) -> None:
+    """The JSON API reads label values as ``--known`` does: "yes", "0", "+", 1 ... (and refuses the rest)."""
+    url = f"/api/images/{uploaded_id(client)}/condition"
+    canonical = client.post(
+        url, json={"known": {"digit_3": True, "tag_sun": False}, "extra": {"context_beach": True}}
+    )
+    for yes, no in (("yes", "no"), ("1", "0"), (1, 0), ("+", "-"), ("TRUE", "False"), ("pos", "neg")):
+        spelled = client.post(
+            url, json={"known": {"digit_3": yes, "tag_sun": no}, "extra": {"context_beach": yes}}
+        )
+        assert spelled.status_code == 200, (yes, no, spelled.text)
+        assert spelled.json() == canonical.json()
+    for bad in ("maybe", 2, 0.5, None, "on"):
+        assert_error(client.post(url, json={"known": {"digit_3": bad}}), 422, "known.digit_3", "boolean")
