@@ -70,6 +70,7 @@ def test_demo_succeeds_and_writes_outputs(demo_run):
     markdown = (out / "report.md").read_text()
     assert "| setting |" in markdown and "C-Tran regular" in markdown and "baseline regular" in markdown
     assert "Worked example" in stdout
+    assert "C-Tran epoch 2: loss" in stdout and "baseline epoch 2: loss" in stdout  # --quiet keeps these
     assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]  # atomic writes left nothing
 
 
