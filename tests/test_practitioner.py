@@ -37,7 +37,7 @@ def _source_checkpoint(path: Path, names: list[str], seed: int = 1) -> Path:
     torch.manual_seed(seed)
     model = ctran.build_model(len(names), backbone="small_cnn", dim=32, layers=1, heads=2)
     config = {**SMALL, "num_labels": len(names)}
-    return save_checkpoint(path, model, config, names[:-2], names[-2:], image_size=48)
+    return save_checkpoint(path, model, config, names[:-4], names[-4:], image_size=48)
 
 
 # ------------------------------------------------------------------------ fine-tuning
@@ -197,3 +197,39 @@ def test_a_real_vocabulary_mismatch_names_both_sides() -> None:
         CTranError, match=r"the checkpoint has target labels the dataset lacks: zebra.*digit_0"
     ):
         in_label_order(base, wanted, base.extra_names)
+
+
+def _permuted_copy(path: Path, out: Path, order: list[int]) -> Path:
+    """The same model with its target rows stored in ``order`` (names too): an equivalent checkpoint."""
+    payload = read_checkpoint(path)
+    state = payload["state_dict"]
+    rows = order + list(range(len(order), state["readout.bias"].shape[0]))
+    model = ctran.build_model(len(rows), backbone="small_cnn", dim=32, layers=1, heads=2)
+    model.load_state_dict({k: v[rows] if k in model.label_parameters else v for k, v in state.items()})
+    names = [payload["target_names"][i] for i in order]
+    return save_checkpoint(out, model, payload["model_config"], names, payload["extra_names"], image_size=48)
+
+
+def test_evaluate_matches_labels_by_name(tmp_path: Path, capsys) -> None:
+    """A checkpoint whose labels are the dataset's in another order scores exactly like the same model in
+    the dataset's order (label by label); a vocabulary that really differs is named. (Partial settings
+    reveal labels by position, so their known sets follow the checkpoint's order.)"""
+    from ctran.cli import main
+
+    original = _source_checkpoint(tmp_path / "a.pt", LABELS)
+    permuted = _permuted_copy(original, tmp_path / "b.pt", list(reversed(range(16))))
+    scores = []
+    for path in (original, permuted):
+        report = tmp_path / f"{path.stem}.json"
+        argv = ["evaluate", "--checkpoint", str(path), "--size", "48", "--quiet"]
+        assert main([*argv, "--json", str(report)]) == 0
+        scores.append(json.loads(report.read_text()))
+    assert scores[0]["mAP"] == pytest.approx(scores[1]["mAP"], abs=1e-4)
+    ap = [{name: row["AP"] for name, row in score["per_label"].items()} for score in scores]
+    assert ap[0].keys() == ap[1].keys() and all(
+        ap[0][name] == pytest.approx(ap[1][name], abs=1e-4) for name in ap[0] if ap[0][name] is not None
+    )
+    other = _source_checkpoint(tmp_path / "c.pt", ["zebra", *LABELS[1:]])
+    assert main(["evaluate", "--checkpoint", str(other), "--size", "8", "--quiet"]) == 2
+    error = capsys.readouterr().err
+    assert "zebra" in error and "digit_0" in error

@@ -153,6 +153,7 @@ def load_eval_dataset(args: argparse.Namespace, meta: dict, seed: int):
 
 def run(args: argparse.Namespace) -> int:
     from ctran.checkpoint import load_checkpoint
+    from ctran.data.partial import in_label_order
     from ctran.devices import resolve_device
     from ctran.report import metrics_table, settings_by_name, write_json
     from ctran.training.evaluation import evaluate
@@ -163,8 +164,7 @@ def run(args: argparse.Namespace) -> int:
     model, meta = load_checkpoint(args.checkpoint, device)
     seed = evaluation_seed(args, meta)
     dataset = load_eval_dataset(args, meta, seed)
-    if list(dataset.label_names) != list(meta["target_names"]) + list(meta["extra_names"]):
-        raise CTranError(f"{args.checkpoint} was trained on other labels than this {args.data} dataset's")
+    dataset = in_label_order(dataset, meta["target_names"], meta["extra_names"], str(args.checkpoint))
     loader = eval_loader(dataset, positive(args.batch_size, "--batch-size"), workers=args.workers)
     if args.intervention:
         return _run_intervention(args, model, loader, device, seed)

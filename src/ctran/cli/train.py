@@ -38,6 +38,13 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--data", default=None, help="dataset format (overrides data.format)")
     p.add_argument("--data-root", default=None, help="dataset folder (overrides data.root)")
     p.add_argument("--backbone-weights", default=None, help="local .pth/.safetensors backbone weights")
+    p.add_argument(
+        "--init-from",
+        default=None,
+        metavar="CKPT",
+        help="fine-tune from a ctran checkpoint (or a converted official one): labels are matched by name, "
+        "shared labels keep their rows, new ones start fresh (sets model.init_from)",
+    )
     p.add_argument("--device", default=None, help="cpu, cuda, auto (overrides train.device)")
     p.add_argument("--json", type=Path, default=None, help="also write the final metrics JSON here")
     add_quiet_flag(p, epoch_lines=True)
@@ -59,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
         "data.format": args.data,
         "data.root": args.data_root,
         "model.backbone_weights": args.backbone_weights,
+        "model.init_from": args.init_from,
         "train.device": args.device,
     }
     overrides = [f"{key}={value}" for key, value in flags.items() if value is not None] + args.overrides
