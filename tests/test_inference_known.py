@@ -75,3 +75,20 @@ def test_labels_in_the_wrong_place_or_both_places() -> None:
 def test_values_must_be_booleans(value: object) -> None:
     with pytest.raises(CTranError, match="expected True/False"):
         label_states(TARGETS, EXTRAS, {"car": value})
+
+
+def test_label_names_may_contain_equals_signs_and_errors_name_the_flag() -> None:
+    """The value is after the *last* ``=``; errors name ``--known`` unless told another flag."""
+    assert parse_spec("a=b=1") == {"a=b": True}
+    with pytest.raises(CTranError, match="^--known expects NAME=VALUE"):
+        parse_spec("person")
+    with pytest.raises(CTranError, match="^--extra expects NAME=VALUE"):
+        parse_spec("person", flag="--extra")
+
+
+def test_unknown_label_without_close_names_previews_twelve_of_them() -> None:
+    from ctran.inference.known import unknown_label
+
+    names = [f"label_{i:02d}" for i in range(13)]
+    assert str(unknown_label("zzz", names[:12])).endswith("labels are: " + ", ".join(names[:12]))
+    assert str(unknown_label("zzz", names)).endswith(", ".join(names[:12]) + ", ... (13 in all)")
