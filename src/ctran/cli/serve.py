@@ -17,8 +17,10 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="a web page (and JSON API) to tag images interactively: mark labels, watch the others update",
         description="Serve a tagging page and a JSON API for a C-Tran checkpoint. Upload an image, mark the "
         "labels you know as present or absent, and every other label is re-predicted knowing them (the image "
-        "is encoded once; each change re-runs only the label side of the model). Binds to 127.0.0.1 unless "
-        "--host says otherwise. API: POST /api/images, POST /api/images/{id}/condition, "
+        "is encoded once; each change re-runs only the label side of the model, and with a one_way "
+        "checkpoint only its label rows). 'Ask next' names the label whose answer should settle the most of "
+        "the others' uncertainty. Binds to 127.0.0.1 unless --host says otherwise. API: POST /api/images, "
+        "POST /api/images/{id}/condition, GET /api/images/{id}/suggest, "
         "GET /api/images/{id}/attention/{label}, GET /api/labels, GET /healthz; schema at /openapi.json.",
     )
     p.add_argument("--checkpoint", required=True, type=Path, help="a ctran checkpoint (.pt)")

@@ -6,6 +6,8 @@
 - ``POST /api/images``: multipart field ``file`` -> ``{"id", "predictions", ...}``, the image encoded once;
 - ``POST /api/images/{id}/condition``: ``{"known": {label: bool}, "extra": {label: bool}}`` ->
   ``{"predictions", ...}`` from the cached tokens;
+- ``GET /api/images/{id}/suggest``: which unknown labels to ask about next (query ``known``/``extra`` as
+  ``a=1,b=0``, ``k``, ``method``) -> ``{"method", "suggestions": [{"label", "information", ...}]}``;
 - ``GET /api/images/{id}/attention/{label}``: PNG heat-map (query ``known``/``extra`` as ``a=1,b=0``);
 - ``DELETE /api/images/{id}``; ``GET /api/labels``; ``GET /healthz``;
 - ``GET /api/examples``, ``GET /api/examples/{name}`` (the file), ``POST /api/examples/{name}`` (as upload).
@@ -17,8 +19,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Annotated, Literal
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -118,6 +121,24 @@ def create_app(
     def condition(image_id: str, body: schemas.ConditionRequest) -> schemas.Predictions:
         """Re-predict the image's unknown target labels given the known and extra labels."""
         return _predictions(service.condition(image_id, body.known, body.extra))
+
+    @app.get(
+        "/api/images/{image_id}/suggest",
+        response_model=schemas.Suggestions,
+        responses=ERRORS,
+        tags=["images"],
+    )
+    def suggest(
+        image_id: str,
+        known: str = "",
+        extra: str = "",
+        k: Annotated[int, Query(ge=1, le=1000)] = 3,
+        method: Literal["information", "uncertainty"] = "information",
+    ) -> schemas.Suggestions:
+        """The unknown target labels most worth asking about next, best first (``information``: by the
+        expected reduction of the other labels' uncertainty; ``uncertainty``: by their own)."""
+        found = service.suggest(image_id, parse_spec(known, "known"), parse_spec(extra, "extra"), k, method)
+        return schemas.Suggestions(method=method, suggestions=[s.to_dict() for s in found])
 
     @app.get(
         "/api/images/{image_id}/attention/{label:path}",
