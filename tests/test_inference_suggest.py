@@ -80,6 +80,26 @@ def test_both_answers_for_every_candidate_go_through_one_batched_call() -> None:
     assert calls == [1]  # the cheap option needs no hypothetical answers
 
 
+def test_candidates_bound_the_work_to_the_most_uncertain_labels() -> None:
+    """Only the 2 most uncertain labels are tried (4 rows); their scores still count every other label."""
+    predictor = _predictor(seed=2)
+    features = _features(predictor)
+    probs = predictor.condition(features)[0].probs
+    expected = _brute_force(predictor, features, {})
+    calls = []
+    decode = predictor.model.decode
+    predictor.model.decode = lambda memory, states: calls.append(len(states)) or decode(memory, states)
+    [suggestions] = predictor.suggest(features, k=5, candidates=2)
+    assert calls == [1, 4]
+    most_uncertain = sorted(probs, key=lambda n: abs(probs[n] - 0.5))[:2]
+    assert sorted(s.label for s in suggestions) == sorted(most_uncertain)
+    for s in suggestions:
+        assert s.information == pytest.approx(expected[s.label], abs=1e-5)
+    assert suggestions[0].information >= suggestions[1].information
+    with pytest.raises(CTranError, match="candidates must be a positive integer"):
+        predictor.suggest(features, candidates=0)
+
+
 def test_uncertainty_ranks_by_the_labels_own_entropy() -> None:
     predictor = _predictor(seed=1)
     features = _features(predictor)

@@ -278,6 +278,19 @@ def test_suggest_matches_the_predictor(client: TestClient, predictor) -> None:
     assert done["suggestions"] == []
 
 
+def test_suggest_candidates_bound_the_work(predictor) -> None:
+    """The server's default pool (here 3) and a request's own ``candidates`` limit the labels scored."""
+    client = TestClient(create_app(predictor, suggest_candidates=3))
+    image_id = uploaded_id(client)
+    features = predictor.encode(scene())
+    default = client.get(f"/api/images/{image_id}/suggest", params={"k": 10}).json()["suggestions"]
+    [expected] = predictor.suggest(features, k=10, candidates=3)
+    assert [s["label"] for s in default] == [s.label for s in expected] and len(default) == 3
+    asked = client.get(f"/api/images/{image_id}/suggest", params={"k": 10, "candidates": 5}).json()
+    assert len(asked["suggestions"]) == 5
+    assert_error(client.get(f"/api/images/{image_id}/suggest", params={"candidates": 0}), 422, "candidates")
+
+
 def test_suggest_errors(client: TestClient) -> None:
     image_id = uploaded_id(client)
     assert_error(client.get(f"/api/images/{image_id}/suggest", params={"k": 0}), 422, "k")
@@ -487,6 +500,8 @@ def test_serve_command_mistakes_exit_2(checkpoint: Path, tmp_path: Path, capsys)
     assert main(["serve", "--checkpoint", str(checkpoint), "--examples", str(tmp_path / "no")]) == 2
     assert "examples folder not found" in capsys.readouterr().err
     assert main(["serve", "--checkpoint", str(checkpoint), "--port", "70000"]) == 2
+    assert main(["serve", "--checkpoint", str(checkpoint), "--suggest-candidates", "-1"]) == 2
+    assert "--suggest-candidates must be 0 (all) or positive" in capsys.readouterr().err
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()

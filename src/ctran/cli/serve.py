@@ -43,6 +43,14 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--max-megapixels", type=float, default=50.0, help="largest accepted image (default: 50 megapixels)"
     )
     p.add_argument("--cache-size", type=int, default=32, help="images whose features are kept (default: 32)")
+    p.add_argument(
+        "--suggest-candidates",
+        type=int,
+        default=16,
+        metavar="N",
+        help="'Ask next' scores the N most uncertain labels by expected information, re-predicting each "
+        "with both answers (default: 16; 0: every unknown label)",
+    )
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     p.add_argument(
         "--json", type=Path, default=None, help="write the address and settings here once listening"
@@ -54,6 +62,12 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="server log level; debug also logs every request (default: warning)",
     )
     p.set_defaults(run=_run_serve)
+
+
+def _candidates(value: int) -> int | None:
+    if value < 0:
+        raise CTranError(f"--suggest-candidates must be 0 (all) or positive, got {value}")
+    return value or None
 
 
 def _run_serve(args: argparse.Namespace) -> int:
@@ -77,6 +91,7 @@ def _run_serve(args: argparse.Namespace) -> int:
         cache_size=positive(args.cache_size, "--cache-size"),
         threshold=args.threshold,
         allowed_hosts=LOOPBACK_HOSTS if local else None,
+        suggest_candidates=_candidates(args.suggest_candidates),
     )
     sock = bind(args.host, args.port)
     url = url_of(sock)
@@ -96,6 +111,7 @@ def _run_serve(args: argparse.Namespace) -> int:
         "examples": str(args.examples) if args.examples else None,
         "max_upload_bytes": int(args.max_upload_mb * 2**20),
         "cache_size": args.cache_size,
+        "suggest_candidates": args.suggest_candidates,
         "pid": os.getpid(),
     }
     rows = {

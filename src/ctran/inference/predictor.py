@@ -190,29 +190,36 @@ class Predictor:
         extra: KnownInput = None,
         k: int = 3,
         method: str = "information",
+        candidates: int | None = None,
     ) -> list[list[Suggestion]]:
         """Per image, the ``k`` unknown target labels most worth asking about next, best first.
 
         ``method="information"`` ranks by the expected reduction of the other unknown labels' uncertainty
         (``ctran.inference.suggest``): both answers for every candidate go through the model as one batch of
-        state rows over the image's cached features. ``"uncertainty"`` ranks by the label's own entropy
-        (no extra model call).
+        state rows over the image's cached features. ``candidates`` bounds that work to the most uncertain
+        few (None: every unknown target). ``"uncertainty"`` ranks by the label's own entropy (no extra
+        model call).
         """
         if method not in SUGGEST_METHODS:
             raise CTranError(f"method must be one of {', '.join(SUGGEST_METHODS)}, got {method!r}")
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise CTranError(f"k must be a positive integer, got {k!r}")
+        for name, value in (("k", k), ("candidates", 1 if candidates is None else candidates)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise CTranError(f"{name} must be a positive integer, got {value!r}")
         states = self.states(known, extra, len(features))  # (B, L)
         probs = self._probabilities(features.tokens, states)  # (B, L)
         results = []
         for i, (p, s) in enumerate(zip(probs, states, strict=True)):
             unknown = [j for j in range(len(self.target_names)) if s[j] == UNKNOWN]
-            information = None
-            if method == "information" and unknown:
-                told = self._probabilities(features.tokens[i : i + 1], hypotheses(s, unknown))  # (2C, L)
-                information = expected_information(p[unknown], told[:, unknown])  # (C,)
             names = [self.target_names[j] for j in unknown]
-            results.append(rank(names, p[unknown], information, k))
+            if method == "uncertainty" or not unknown:
+                results.append(rank(names, p[unknown], None, k))
+                continue
+            pool = rank(names, p[unknown], None, candidates or len(unknown))  # the most uncertain first
+            asked = sorted(names.index(c.label) for c in pool)  # positions among the unknown, label order
+            rows = hypotheses(s, [unknown[a] for a in asked])  # (2C, L)
+            told = self._probabilities(features.tokens[i : i + 1], rows)  # (2C, L)
+            information = expected_information(p[unknown], told[:, unknown], asked)  # (C,)
+            results.append(rank([names[a] for a in asked], p[unknown][asked], information, k))
         return results
 
     @torch.inference_mode()

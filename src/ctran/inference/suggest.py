@@ -12,7 +12,10 @@ Two rankings of the unknown target labels of one image:
   where H is the sum of the others' binary entropies (bits). The answers are weighted by the model's own
   probability of each, so a label it is sure about scores little however much a surprise would change.
 
-Both are in bits. The caller runs the model; this module only turns probabilities into scores and rankings.
+Both are in bits. ``information`` costs 2C re-conditionings for C candidates; at the paper's scale a caller
+can bound that by scoring only the most uncertain few (``Predictor.suggest(candidates=...)``), while the
+others' uncertainty still counts every unknown label. The caller runs the model; this module only turns
+probabilities into scores and rankings.
 """
 
 from __future__ import annotations
@@ -61,15 +64,19 @@ def hypotheses(states: torch.Tensor, candidates: Sequence[int]) -> torch.Tensor:
     return rows
 
 
-def expected_information(now: torch.Tensor, told: torch.Tensor) -> torch.Tensor:
-    """Probabilities of the C candidates now (C,), and of the same C labels after each ``hypotheses`` row
-    (2C, C) -> expected entropy reduction of the others (C,), bits. A row's own (told) label is skipped."""
-    count = now.shape[0]
-    others = ~torch.eye(count, dtype=torch.bool)  # (C, C): row c sums over the labels other than c
-    entropy_now = binary_entropy(now)  # (C,)
-    before = entropy_now.sum() - entropy_now  # (C,)
-    after = binary_entropy(told).view(count, 2, count).mul(others[:, None]).sum(-1)  # (C, 2): yes, no
-    p = now.double()
+def expected_information(now: torch.Tensor, told: torch.Tensor, asked: Sequence[int]) -> torch.Tensor:
+    """Expected entropy reduction of the others (C,), bits, for C candidates.
+
+    ``now`` (U,): probabilities of the U unknown labels; ``told`` (2C, U): the same labels after each
+    ``hypotheses`` row; ``asked`` (C,): each candidate's position among the U. A candidate's own label is
+    left out of its sums.
+    """
+    count, unknown = len(asked), now.shape[0]
+    others = torch.ones(count, unknown, dtype=torch.bool)  # (C, U): row c sums over the labels other than c
+    others[torch.arange(count), list(asked)] = False
+    before = binary_entropy(now).mul(others).sum(-1)  # (C,)
+    after = binary_entropy(told).view(count, 2, unknown).mul(others[:, None]).sum(-1)  # (C, 2): yes, no
+    p = now.double()[list(asked)]
     return before - (p * after[:, 0] + (1 - p) * after[:, 1])
 
 

@@ -78,12 +78,12 @@ class TaggingService:
             return self.predictor.condition(features, known, extra, threshold=self.threshold)[0]
 
     def suggest(
-        self, image_id: str, known: LabelSpec, extra: LabelSpec, k: int, method: str
+        self, image_id: str, known: LabelSpec, extra: LabelSpec, k: int, method: str, candidates: int | None
     ) -> list[Suggestion]:
         """The k unknown target labels most worth asking about next, from the cached features."""
         features = self.get(image_id).features
         with self._model_lock:
-            return self.predictor.suggest(features, known, extra, k, method)[0]
+            return self.predictor.suggest(features, known, extra, k, method, candidates)[0]
 
     def attention_png(
         self, image_id: str, label: str, known: LabelSpec, extra: LabelSpec, rollout: bool = False
