@@ -90,19 +90,23 @@ class EncoderLayer(nn.Module):
         dim = self.self_attn.embed_dim
         return F.linear(x, self.self_attn.in_proj_weight[dim:], self.self_attn.in_proj_bias[dim:])
 
+    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tokens (B, N, D) -> queries (B, N, D) and packed keys/values (B, N, 2D), in one matrix product."""
+        qkv = F.linear(x, self.self_attn.in_proj_weight, self.self_attn.in_proj_bias)  # (B, N, 3D)
+        return qkv.split([self.self_attn.embed_dim, 2 * self.self_attn.embed_dim], dim=-1)
+
     def attend_over(
         self, queries: torch.Tensor, keys_values: torch.Tensor, mask: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Query tokens (B, Q, D) over packed keys/values (B, K, 2D) -> attention output (B, Q, D)."""
         dim = self.self_attn.embed_dim
         q = F.linear(queries, self.self_attn.in_proj_weight[:dim], self.self_attn.in_proj_bias[:dim])
-        k, v = keys_values.chunk(2, dim=-1)  # (B, K, D) each
-        return self._heads_attention(q, k, v, mask)
+        return self._heads_attention(q, *keys_values.chunk(2, dim=-1), mask)
 
-    def step(self, queries: torch.Tensor, keys_values: torch.Tensor) -> torch.Tensor:
-        """The whole layer for query tokens (B, Q, D) attending over packed keys/values (B, K, 2D):
-        the one-way streams' building block (image rows over image keys, label rows over all)."""
-        return self._block(queries, self.attend_over(queries, keys_values))
+    def step(self, x: torch.Tensor, q: torch.Tensor, keys_values: torch.Tensor) -> torch.Tensor:
+        """The whole layer for tokens x (B, Q, D) with queries q (B, Q, D) over packed keys/values
+        (B, K, 2D): the one-way streams' building block (image rows over image keys, label rows over all)."""
+        return self._block(x, self._heads_attention(q, *keys_values.chunk(2, dim=-1), None))
 
     def _heads_attention(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
@@ -167,17 +171,20 @@ class Encoder(nn.Module):
         memory = []
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
-            keys_values = layer.keys_values(x)  # (B, T, 2D)
+            if i == last:  # the last layer's image outputs are never read: keys and values only
+                memory.append(layer.keys_values(x))  # (B, T, 2D)
+                break
+            q, keys_values = layer.project(x)  # (B, T, D), (B, T, 2D)
             memory.append(keys_values)
-            if i < last:  # the last layer's image outputs are never read
-                x = layer.step(x, keys_values)  # (B, T, D): image-to-image attention
+            x = layer.step(x, q, keys_values)  # (B, T, D): image-to-image attention
         return torch.cat(memory, dim=-1)
 
     def decode_labels(self, x: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
         """One-way: normalised label tokens (B, L, D) + ``encode_images`` memory (B or 1, T, layers * 2D)
         -> label outputs (B, L, D); only the L label rows are computed in every layer."""
         for layer, image_kv in zip(self.layers, memory.chunk(len(self.layers), dim=-1), strict=True):
+            q, label_kv = layer.project(x)  # (B, L, D), (B, L, 2D)
             image_kv = image_kv.expand(x.shape[0], -1, -1)  # (B, T, 2D); a view when one image serves all
-            keys_values = torch.cat([image_kv, layer.keys_values(x)], dim=1)  # (B, T + L, 2D)
-            x = layer.step(x, keys_values)  # (B, L, D): label-to-all attention
+            keys_values = torch.cat([image_kv, label_kv], dim=1)  # (B, T + L, 2D)
+            x = layer.step(x, q, keys_values)  # (B, L, D): label-to-all attention
         return x
