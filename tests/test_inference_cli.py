@@ -91,6 +91,32 @@ def test_table_and_json_file(tiny_checkpoint: Path, photos: Path, tmp_path: Path
     assert len(row["probs"]) == 3
 
 
+def test_suggest_lists_the_labels_to_ask_next(tiny_checkpoint: Path, photos: Path, capsys) -> None:
+    predictor = ctran.load(tiny_checkpoint)
+    base = ["--checkpoint", str(tiny_checkpoint), str(photos / "a.png"), str(photos / "b.jpg")]
+    code, out, _ = _predict(capsys, *base, "--known", "dog=1", "--suggest", "2", "--format", "json")
+    assert code == 0
+    rows = json.loads(out)
+    for row, name in zip(rows, ("a.png", "b.jpg"), strict=True):
+        [expected] = predictor.suggest(predictor.encode(photos / name), {"dog": True}, k=2)
+        assert [s["label"] for s in row["suggest"]] == [s.label for s in expected]
+        assert [s["information"] for s in row["suggest"]] == pytest.approx(
+            [s.information for s in expected], abs=1e-6
+        )
+    code, out, _ = _predict(capsys, *base, "--suggest", "1", "--suggest-method", "uncertainty")
+    lines = out.splitlines()
+    assert code == 0 and lines[0] == "| image | known | predicted (probability) | ask next |"
+    [[cheapest]] = predictor.suggest(predictor.encode(photos / "a.png"), k=1, method="uncertainty")
+    assert lines[2].endswith(f"| {cheapest.label} ({cheapest.uncertainty:.2f} bits) |")
+    code, out, _ = _predict(capsys, *base, "--suggest", "1", "--format", "csv")
+    csv_rows = list(csv.DictReader(io.StringIO(out)))
+    assert list(csv_rows[0])[:4] == ["image", "predicted", "known", "ask_next"]
+    [[best]] = predictor.suggest(predictor.encode(photos / "a.png"), k=1)
+    assert csv_rows[0]["ask_next"] == best.label
+    code, out, _ = _predict(capsys, *base, "--format", "json")
+    assert "suggest" not in json.loads(out)[0]  # only when asked
+
+
 def test_unreadable_files_are_reported_and_the_rest_processed(
     tiny_checkpoint: Path, photos: Path, capsys
 ) -> None:
@@ -113,6 +139,7 @@ def test_unreadable_files_are_reported_and_the_rest_processed(
         (["--extra", "cat=1"], "'cat' is a target label: give it as known"),
         (["--threshold", "2"], "threshold must be in [0, 1]"),
         (["--top-k", "0"], "--top-k must be a positive integer"),
+        (["--suggest", "0"], "--suggest must be a positive integer"),
     ],
 )
 def test_label_and_option_mistakes_exit_2(

@@ -143,3 +143,18 @@ def test_cli_bad_label_exits_2(tiny_checkpoint: Path, image_path: Path, tmp_path
     args = ["explain", str(image_path), "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "o")]
     assert main([*args, "--known", "indor=1"]) == 2
     assert "unknown target label 'indor'" in capsys.readouterr().err
+
+
+def test_one_way_models_explain_too(image_path: Path) -> None:
+    """One-way caches no image rows, so explanations run the whole masked sequence; the image tokens'
+    rows attend to no label, and the probabilities are those of the cached path."""
+    torch.manual_seed(0)
+    model = ctran.build_model(6, backbone="small_cnn", dim=32, layers=2, heads=2, attention="one_way")
+    predictor = ctran.inference.Predictor(model, LABELS[:4], LABELS[4:], image_size=48)
+    explanation = predictor.explain(image_path, labels=["dog"], known={"cat": True}, rollout=True)
+    layers = _attentions(predictor, predictor.read(image_path)[0], [1, -1, -1, -1, -1, -1])
+    assert all(np.abs(a[:, :36, 36:]).max() == 0 for a in layers)
+    flow = _rollout_reference(layers)
+    np.testing.assert_allclose(explanation.maps["dog"], flow[36 + 1, :36].reshape(6, 6), atol=1e-6)
+    cached = predictor.predict(image_path, known={"cat": True})[0].probs
+    assert explanation.probs == pytest.approx(cached, abs=1e-6)

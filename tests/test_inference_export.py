@@ -73,3 +73,23 @@ def test_cli_exports_and_verifies(tiny_checkpoint: Path, tmp_path: Path, fmt: st
 def test_cli_needs_a_format_it_can_tell(tiny_checkpoint: Path, tmp_path: Path, capsys) -> None:
     assert main(["export", "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "m.bin")]) == 2
     assert "--format onnx|torchscript" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_one_way_models_export_with_their_attention(tmp_path: Path, fmt: str) -> None:
+    """The exported graph of a one-way model is its forward (image stream, then label rows) for any batch."""
+    from ctran.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    config = {"kind": "ctran", "backbone": "small_cnn", "dim": 32, "layers": 2, "heads": 2, "num_labels": 6}
+    config["attention"] = "one_way"
+    model = ctran.build_model(**{k: v for k, v in config.items() if k != "kind"})
+    names = ["cat", "dog", "person", "car"]
+    checkpoint = save_checkpoint(tmp_path / "one_way.pt", model, config, names, ["indoor", "outdoor"], 48)
+    predictor = ctran.load(checkpoint)
+    path = export(predictor, tmp_path / f"model.{'onnx' if fmt == 'onnx' else 'pt'}", fmt)
+    for batch in (1, 3):
+        image, states = _inputs(batch, seed=batch)
+        with torch.no_grad():
+            expected = predictor.model(image, states, return_attention=True).logits.numpy()
+        np.testing.assert_allclose(run_exported(path, image, states, fmt), expected, atol=1e-4, rtol=0)

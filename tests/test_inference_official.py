@@ -186,6 +186,7 @@ def test_paper_resnet101_keys_match_timm_and_are_recognised() -> None:
         "heads": 4,
         "ffn_dim": 2048,
         "dropout": 0.1,
+        "attention": "full",  # the official model: every token attends to every token
     }
 
 

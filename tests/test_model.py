@@ -14,6 +14,7 @@ from ctran.errors import CTranError
 from ctran.model import CTran, Output, PooledLinear, build_from_config
 from ctran.model.position_encoding import PositionEmbeddingSine
 from ctran.model.readout import PerLabelLinear
+from ctran.model.transformer import one_way_mask
 from ctran.states import NEGATIVE, POSITIVE, UNKNOWN, unknown_states
 
 NUM_LABELS = 6
@@ -60,10 +61,11 @@ def test_forward_equals_decode_of_encode():
     torch.testing.assert_close(fused, split, atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("attention", ["full", "one_way"])
 @pytest.mark.parametrize("inference_mode", [False, True])
-def test_return_attention_matches_fused_path(inference_mode):
-    """Asking for attention must not change the logits (native fast path vs explicit weights)."""
-    model = _small().eval()
+def test_return_attention_matches_fused_path(inference_mode, attention):
+    """Asking for attention must not change the logits (fused split path vs explicit weights)."""
+    model = _small(attention=attention).eval()
     images, states = _images(2), _states(2)
     context = torch.inference_mode() if inference_mode else torch.no_grad()
     with context:
@@ -78,17 +80,6 @@ def test_return_attention_matches_fused_path(inference_mode):
         assert attention.shape == (2, HEADS, n, n)
         assert (attention >= 0).all()
         torch.testing.assert_close(attention.sum(-1), torch.ones(2, HEADS, n), atol=1e-5, rtol=0)
-
-
-def test_decode_return_attention_and_plain_decode_agree():
-    model = _small().eval()
-    with torch.no_grad():
-        tokens = model.encode(_images(2))
-        states = _states(2)
-        out = model.decode(tokens, states, return_attention=True)
-        plain = model.decode(tokens, states)
-    assert isinstance(plain, torch.Tensor)
-    torch.testing.assert_close(out.logits, plain, atol=1e-5, rtol=0)
 
 
 def test_decode_rejects_malformed_states():
@@ -419,3 +410,102 @@ def test_baseline_ignores_states_and_has_target_outputs():
     assert torch.equal(b, plain)
     torch.testing.assert_close(split, plain, atol=1e-6, rtol=0)
     assert baseline.encode(images).shape == (3, 128)
+
+
+# ------------------------------------------------------------------------------------ one-way attention
+
+
+def _one_way_and_full(layers: int = 3) -> tuple[CTran, CTran]:
+    """The same weights under both attention patterns."""
+    one_way = _small(layers=layers, attention="one_way").eval()
+    full = _small(layers=layers, attention="full").eval()
+    full.load_state_dict(one_way.state_dict())  # the pattern has no parameters
+    return one_way, full
+
+
+def test_one_way_cached_logits_equal_the_uncached_forward():
+    """decode(encode()) runs only label rows over cached per-layer image keys/values; the whole masked
+    sequence (explicit weights, and the fused kernel with a block mask) must give the same logits."""
+    model, _ = _one_way_and_full()
+    images, states = _images(3), _states(3)
+    with torch.no_grad():
+        memory = model.encode(images)
+        cached = model.decode(memory, states)
+        explicit = model(images, states, return_attention=True).logits
+        x = model.norm(torch.cat([model.image_tokens(images), model.label_tokens(states)], dim=1))
+        mask = one_way_mask(36, NUM_LABELS)
+        masked, _ = model.encoder(x, keep=NUM_LABELS, mask=mask)
+    assert memory.shape == (3, 36, 3 * 2 * DIM)  # every layer's image keys and values
+    torch.testing.assert_close(cached, explicit, atol=1e-5, rtol=0)
+    torch.testing.assert_close(cached, model.readout(masked), atol=1e-5, rtol=0)
+
+
+def test_one_way_image_tokens_never_attend_to_labels_and_full_ones_do():
+    one_way, full = _one_way_and_full()
+    images, states = _images(2), _states(2)
+    with torch.no_grad():
+        one = one_way(images, states, return_attention=True)
+        every = full(images, states, return_attention=True)
+    for weights in one.attentions:
+        assert torch.equal(weights[:, :, :36, 36:], torch.zeros(2, HEADS, 36, NUM_LABELS))
+        assert weights[:, :, 36:, 36:].min() > 0  # label tokens still read each other
+    assert every.attentions[0][:, :, :36, 36:].min() > 0
+    assert (one.logits - every.logits).abs().max() > 1e-4  # the pattern changes the model
+
+
+def test_one_way_decode_computes_only_label_rows():
+    """The FLOPs of a one-way decode are those of the L label rows (plus attention over T + L keys):
+    recomputing any image row would add at least its key/value projection."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model, _ = _one_way_and_full()
+    batch, labels, tokens, layers = 2, NUM_LABELS, 36, 3
+    with torch.no_grad():
+        memory = model.encode(_images(batch))
+        with FlopCounterMode(display=False) as counter:
+            model.decode(memory, _states(batch))
+    per_layer = 2 * batch * labels * DIM * (3 * DIM + DIM + 2 * DIM)  # Q/K/V, output projection, FFN
+    products = layers * per_layer + 2 * batch * labels * DIM  # + readout
+    attention = layers * 4 * batch * labels * (tokens + labels) * DIM
+    image_kv = 2 * batch * tokens * DIM * 2 * DIM  # one layer's image keys/values: what must not recur
+    assert attention < image_kv
+    assert products <= counter.get_total_flops() <= products + attention
+
+
+@pytest.mark.parametrize("attention", ["full", "one_way"])
+def test_one_memory_serves_many_state_rows(attention):
+    model = _small(attention=attention).eval()
+    states = _states(4)
+    with torch.no_grad():
+        memory = model.encode(_images(1))
+        shared = model.decode(memory, states)
+        repeated = model.decode(memory.expand(4, -1, -1).contiguous(), states)
+    torch.testing.assert_close(shared, repeated, atol=1e-6, rtol=0)
+
+
+def test_one_way_trains_every_stream():
+    model = _small(attention="one_way").train()
+    model(_images(2), _states(2)).pow(2).sum().backward()
+    for name in ("backbone", "encoder.layers.0.linear1", "encoder.layers.1.self_attn", "label_embed"):
+        grads = [p.grad for n, p in model.named_parameters() if n.startswith(name)]
+        assert grads and all(g is not None and g.abs().sum() > 0 for g in grads), name
+
+
+def test_attention_pattern_is_validated_and_recorded(tmp_path):
+    from ctran.checkpoint import load_checkpoint, save_checkpoint
+    from ctran.config import load_config
+
+    with pytest.raises(CTranError, match="model.attention"):
+        load_config("digits", ["model.attention=both"])
+    with pytest.raises(ValueError, match="one_way"):
+        _small(attention="both")
+    assert load_config("digits").model.attention == "full"  # the paper's, by default
+    config = {"kind": "ctran", "num_labels": NUM_LABELS, "backbone": "small_cnn", "dim": DIM, "heads": HEADS}
+    model = build_from_config({**config, "attention": "one_way"}).eval()
+    path = save_checkpoint(tmp_path / "one_way.pt", model, {**config, "attention": "one_way"}, list("abcdef"))
+    loaded, _ = load_checkpoint(path)
+    assert loaded.attention == "one_way"
+    images, states = _images(2), _states(2)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(images, states), model(images, states), atol=0, rtol=0)
+    assert build_from_config(config).attention == "full"  # checkpoints from before the option

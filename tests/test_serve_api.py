@@ -155,6 +155,7 @@ def test_openapi_schema_documents_the_contract(client: TestClient) -> None:
         ("/api/images", "post"),
         ("/api/images/{image_id}/condition", "post"),
         ("/api/images/{image_id}/attention/{label}", "get"),
+        ("/api/images/{image_id}/suggest", "get"),
         ("/api/images/{image_id}", "delete"),
         ("/api/labels", "get"),
         ("/api/examples", "get"),
@@ -248,6 +249,90 @@ def test_attention_heatmap_png(client: TestClient) -> None:
         400,
         "NAME=VALUE",
     )
+
+
+def test_suggest_matches_the_predictor(client: TestClient, predictor) -> None:
+    image_id = uploaded_id(client)
+    features = predictor.encode(scene())
+    known, extra = {"digit_3": True, "tag_sun": False}, {"context_beach": True}
+    response = client.get(
+        f"/api/images/{image_id}/suggest",
+        params={"known": "digit_3=1,tag_sun=0", "extra": "context_beach=1", "k": 4},
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    [expected] = predictor.suggest(features, known, extra, k=4)
+    assert body["method"] == "information" and len(body["suggestions"]) == 4
+    assert [s["label"] for s in body["suggestions"]] == [s.label for s in expected]
+    assert [s["information"] for s in body["suggestions"]] == pytest.approx(
+        [s.information for s in expected], abs=1e-6
+    )
+    assert not {"digit_3", "tag_sun"} & {s["label"] for s in body["suggestions"]}  # known: never asked
+    cheap = client.get(f"/api/images/{image_id}/suggest", params={"method": "uncertainty", "k": 1}).json()
+    [[most_uncertain]] = predictor.suggest(features, k=1, method="uncertainty")
+    [shown] = cheap["suggestions"]
+    assert shown["label"] == most_uncertain.label and shown["information"] is None
+    assert shown["probability"] == pytest.approx(most_uncertain.probability, abs=1e-6)
+    everything = ",".join(f"{name}=0" for name in TARGETS)
+    done = client.get(f"/api/images/{image_id}/suggest", params={"known": everything}).json()
+    assert done["suggestions"] == []
+
+
+def test_suggest_candidates_bound_the_work(predictor) -> None:
+    """The server's default pool (here 3) and a request's own ``candidates`` limit the labels scored."""
+    client = TestClient(create_app(predictor, suggest_candidates=3))
+    image_id = uploaded_id(client)
+    features = predictor.encode(scene())
+    default = client.get(f"/api/images/{image_id}/suggest", params={"k": 10}).json()["suggestions"]
+    [expected] = predictor.suggest(features, k=10, candidates=3)
+    assert [s["label"] for s in default] == [s.label for s in expected] and len(default) == 3
+    asked = client.get(f"/api/images/{image_id}/suggest", params={"k": 10, "candidates": 5}).json()
+    assert len(asked["suggestions"]) == 5
+    assert_error(client.get(f"/api/images/{image_id}/suggest", params={"candidates": 0}), 422, "candidates")
+
+
+def test_suggest_errors(client: TestClient) -> None:
+    image_id = uploaded_id(client)
+    assert_error(client.get(f"/api/images/{image_id}/suggest", params={"k": 0}), 422, "k")
+    assert_error(client.get(f"/api/images/{image_id}/suggest", params={"method": "random"}), 422, "method")
+    assert_error(
+        client.get(f"/api/images/{image_id}/suggest", params={"known": "digit_33=1"}), 400, "digit_33"
+    )
+    assert_error(client.get("/api/images/nope/suggest"), 404, "nope")
+
+
+def test_one_way_checkpoint_reconditions_from_its_cache(tmp_path: Path) -> None:
+    """Served one-way: the image is encoded once (per-layer image keys/values) and every condition gives
+    the whole model's answer."""
+    torch.manual_seed(0)
+    num_labels = len(TARGETS) + len(EXTRAS)
+    config = {
+        "kind": "ctran",
+        "backbone": "small_cnn",
+        "dim": 32,
+        "layers": 2,
+        "heads": 2,
+        "num_labels": num_labels,
+        "attention": "one_way",
+    }
+    model = ctran.build_model(**{k: v for k, v in config.items() if k != "kind"})
+    path = save_checkpoint(tmp_path / "one_way.pt", model, config, TARGETS, EXTRAS, image_size=48)
+    predictor = ctran.load(path)
+    assert predictor.model.attention == "one_way"
+    encodes = []
+    predictor.model.backbone.register_forward_hook(lambda *_: encodes.append(1))
+    client = TestClient(create_app(predictor))
+    image_id = uploaded_id(client)
+    pixels = predictor.read(scene())[0][None]
+    for known in ({}, {"digit_3": True}, {"digit_3": True, "tag_sun": False}):
+        body = client.post(f"/api/images/{image_id}/condition", json={"known": known}).json()
+        states = predictor.states(known, None, 1)
+        with torch.no_grad():
+            whole = predictor.model(pixels, states, return_attention=True).logits.sigmoid()[0]
+        expected = {name: float(whole[i]) for i, name in enumerate(TARGETS) if name not in known}
+        assert body["predictions"] == pytest.approx(expected, abs=1e-6)
+    assert client.get(f"/api/images/{image_id}/suggest").status_code == 200
+    assert len(encodes) == 1 + 3  # the upload's encode, then one per uncached whole-model reference above
 
 
 def test_delete_forgets_the_image(client: TestClient) -> None:
@@ -415,6 +500,8 @@ def test_serve_command_mistakes_exit_2(checkpoint: Path, tmp_path: Path, capsys)
     assert main(["serve", "--checkpoint", str(checkpoint), "--examples", str(tmp_path / "no")]) == 2
     assert "examples folder not found" in capsys.readouterr().err
     assert main(["serve", "--checkpoint", str(checkpoint), "--port", "70000"]) == 2
+    assert main(["serve", "--checkpoint", str(checkpoint), "--suggest-candidates", "-1"]) == 2
+    assert "--suggest-candidates must be 0 (all) or positive" in capsys.readouterr().err
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()

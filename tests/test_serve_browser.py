@@ -1,7 +1,8 @@
 """``ctran serve`` in a real browser: Playwright drives Debian's headless Chromium against a live server.
 
 Upload a digit scene, see the probabilities, mark a label present (mouse) and another one by keyboard, see
-the other probabilities change, open a heat-map, download the JSON, and keep a screenshot (in ``tmp_path``).
+the other probabilities change, open a heat-map, download the JSON, and keep a screenshot (in ``tmp_path``);
+and answer "Ask next" twice by its buttons: the page must ask what ``Predictor.suggest`` ranks first.
 Playwright never downloads a browser here: it launches ``/usr/bin/chromium`` (``make venv`` installs it as
 root); without it the test is skipped.
 
@@ -93,17 +94,14 @@ def open_browser(playwright):
     return playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
 
 
-def test_tagging_in_a_real_browser(tmp_path: Path) -> None:
+def browse(app, steps) -> tuple[object, list[str], list[str]]:
+    """Run ``steps(page, url)`` in headless Chromium against a live server for ``app``; returns what the
+    steps returned, the page's console errors, and every request that tried to leave this server."""
     sync_api = pytest.importorskip(
         "playwright.sync_api", reason="playwright is not installed (pip install -e '.[dev]')"
     )
     if not CHROMIUM.exists():
         pytest.skip(f"no Chromium at {CHROMIUM}: apt-get install chromium (make venv does it as root)")
-    from test_serve_api import make_digit_checkpoint, scene
-
-    image = tmp_path / "scene.png"
-    scene(0).save(image)
-    app = create_app(ctran.load(make_digit_checkpoint(tmp_path)), allowed_hosts=LOOPBACK_HOSTS)
     problems: list[str] = []
     outside: list[str] = []
     with BackgroundServer(app) as server, sync_api.sync_playwright() as playwright:
@@ -126,9 +124,19 @@ def test_tagging_in_a_real_browser(tmp_path: Path) -> None:
             page = context.new_page()
             page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
             page.on("pageerror", lambda err: problems.append(str(err)))
-            seen = drive(page, server.url, image, tmp_path / "serve.png")
+            seen = steps(page, server.url)
         finally:
             browser.close()
+    return seen, problems, outside
+
+
+def test_tagging_in_a_real_browser(tmp_path: Path) -> None:
+    from test_serve_api import make_digit_checkpoint, scene
+
+    image = tmp_path / "scene.png"
+    scene(0).save(image)
+    app = create_app(ctran.load(make_digit_checkpoint(tmp_path)), allowed_hosts=LOOPBACK_HOSTS)
+    seen, problems, outside = browse(app, lambda page, url: drive(page, url, image, tmp_path / "serve.png"))
 
     print(f"screenshot: {tmp_path / 'serve.png'}")
     assert problems == [] and outside == []
@@ -172,3 +180,52 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def ask_twice(page, url: str, image: Path) -> dict:
+    """Upload, then answer "Ask next" twice (yes, then no) by its buttons; what was asked and shown."""
+    page.goto(url)
+    page.wait_for_selector("body[data-ready=true]")
+    page.set_input_files("#file", str(image))
+    page.wait_for_selector("#ask[data-label]:not([data-label='']):not([aria-busy])")
+    first = page.get_attribute("#ask", "data-label")
+    why = page.text_content("#ask-why")
+    page.click("#ask-yes")
+    page.wait_for_selector("#status:has-text('knowing 1 ')")
+    page.wait_for_selector(
+        f"#ask[data-label]:not([data-label='']):not([data-label='{first}']):not([aria-busy])"
+    )
+    second = page.get_attribute("#ask", "data-label")
+    page.click("#ask-no")
+    page.wait_for_selector("#status:has-text('knowing 2 ')")
+    page.wait_for_selector(f"#ask:not([data-label='']):not([data-label='{second}']):not([aria-busy])")
+    rows = {
+        name: page.get_attribute(f'#targets .row[data-label="{name}"]', "class") for name in (first, second)
+    }
+    return {
+        "first": first,
+        "why": why,
+        "second": second,
+        "rows": rows,
+        "third": page.text_content("#ask-label"),
+    }
+
+
+def test_ask_next_in_a_real_browser(tmp_path: Path) -> None:
+    """The page asks what the API suggests, and its Yes/No buttons mark that label and ask the next one."""
+    from test_serve_api import make_digit_checkpoint, scene
+
+    image = tmp_path / "scene.png"
+    scene(1).save(image)
+    predictor = ctran.load(make_digit_checkpoint(tmp_path))
+    app = create_app(predictor, allowed_hosts=LOOPBACK_HOSTS)
+    seen, problems, outside = browse(app, lambda page, url: ask_twice(page, url, image))
+
+    assert problems == [] and outside == []
+    features = predictor.encode(scene(1))
+    [[first]] = predictor.suggest(features, k=1)
+    [[second]] = predictor.suggest(features, {first.label: True}, k=1)
+    [[third]] = predictor.suggest(features, {first.label: True, second.label: False}, k=1)
+    assert (seen["first"], seen["second"], seen["third"]) == (first.label, second.label, third.label)
+    assert f"{first.information:.2f} bits" in seen["why"]
+    assert "given-yes" in seen["rows"][first.label] and "given-no" in seen["rows"][second.label]

@@ -38,6 +38,7 @@ class ModelConfig:
     ffn_dim: int | None = None  # None: the hidden size D, as in the paper
     dropout: float = 0.1
     position_encoding: bool = False
+    attention: str = "full"  # full (the paper's) | one_way: image tokens never attend to label tokens
 
 
 @dataclass
@@ -121,6 +122,7 @@ class Config:
 
 
 CHOICES = {
+    "model.attention": ("full", "one_way"),
     "data.on_bad_image": ("skip", "fail"),
     "train.optimizer": ("adam", "adamw"),
     "train.freeze_backbone": ("none", "all", "all_but_last"),

@@ -38,6 +38,21 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--top-k", type=int, default=None, metavar="K", help="list only each image's K best labels"
     )
+    p.add_argument(
+        "--suggest",
+        type=int,
+        default=None,
+        metavar="K",
+        help="also list each image's K unknown labels most worth telling next (by the expected reduction of "
+        "the other labels' uncertainty; see --suggest-method)",
+    )
+    p.add_argument(
+        "--suggest-method",
+        default="information",
+        choices=("information", "uncertainty"),
+        help="rank --suggest by information (default: re-predicts with both answers for every label) or "
+        "uncertainty (the labels' own, no extra model call)",
+    )
     p.add_argument("--format", default="table", choices=FORMATS, help="output format (default: table)")
     p.add_argument("--output", type=Path, default=None, help="write the output here instead of stdout")
     p.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
@@ -103,6 +118,7 @@ def _run_predict(args: argparse.Namespace) -> int:
 
     batch_size = positive(args.batch_size, "--batch-size")
     top_k = None if args.top_k is None else positive(args.top_k, "--top-k")
+    suggest = None if args.suggest is None else positive(args.suggest, "--suggest")
     predictor = load(args.checkpoint, args.device, batch_size, args.precision)
     known, extra = parse_spec(args.known, "--known"), parse_spec(args.extra, "--extra")
     predictor.states(known, extra, 1)  # every label mistake ends here, before any image is read
@@ -116,7 +132,7 @@ def _run_predict(args: argparse.Namespace) -> int:
     if not paths:
         raise CTranError(f"no image files found in {', '.join(args.paths)}")
 
-    results = []
+    results, suggestions = [], []
     bars = show_progress(args.quiet) and len(paths) > batch_size
     with tqdm(total=len(paths), unit="img", desc="predict", disable=not bars) as bar:
         for start in range(0, len(paths), batch_size):
@@ -129,10 +145,16 @@ def _run_predict(args: argparse.Namespace) -> int:
                     failures.append(str(err))
                     tqdm.write(f"ctran predict: error: {err}", file=sys.stderr)
             if pixels:
-                results += predictor.predict(pixels, known, extra, threshold, names=names)
+                features = predictor.encode(pixels, names=names)
+                results += predictor.condition(features, known, extra, threshold)
+                if suggest:
+                    found = predictor.suggest(features, known, extra, suggest, args.suggest_method)
+                    suggestions += [[s.to_dict() for s in image] for image in found]
             bar.update(len(paths[start : start + batch_size]))
 
     rows = [_limited(r.to_dict(), top_k) for r in results]
+    if suggest:
+        rows = [{**row, "suggest": asked} for row, asked in zip(rows, suggestions, strict=True)]
     _emit(render(rows, args.format, predictor.target_names, top_k), args.output)
     if args.json:
         write_json(args.json, rows)
@@ -150,7 +172,9 @@ def _limited(row: dict, top_k: int | None) -> dict:
 
 
 def render(rows: list[dict], fmt: str, target_names: list[str], top_k: int | None = None) -> str:
-    """The results as a Markdown table, JSON or CSV (one row per image, one column per target label)."""
+    """The results as a Markdown table, JSON or CSV (one row per image, one column per target label); rows
+    with ``suggest`` (``--suggest``) get an "ask next" column."""
+    asking = bool(rows) and "suggest" in rows[0]
     if fmt == "json":
         import json
 
@@ -158,14 +182,18 @@ def render(rows: list[dict], fmt: str, target_names: list[str], top_k: int | Non
     if fmt == "csv":
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(["image", "predicted", "known", *target_names])
+        writer.writerow(["image", "predicted", "known", *(["ask_next"] if asking else []), *target_names])
         for row in rows:
             given = ";".join(f"{name}={int(value)}" for name, value in row["known"].items())
             probs = [_number(row["probs"].get(name)) for name in target_names]
-            writer.writerow([row["image"], ";".join(row["predicted"]), given, *probs])
+            ask = [";".join(s["label"] for s in row["suggest"])] if asking else []
+            writer.writerow([row["image"], ";".join(row["predicted"]), given, *ask, *probs])
         return buffer.getvalue()
     title = f"top {top_k} (* = above threshold)" if top_k else "predicted (probability)"
-    lines = [f"| image | known | {title} |", "|---|---|---|"]
+    lines = [
+        f"| image | known | {title} |{' ask next |' if asking else ''}",
+        "|---|---|---|" + "---|" * asking,
+    ]
     for row in rows:
         given = ", ".join(f"{name}={int(value)}" for name, value in row["known"].items()) or "-"
         if top_k:
@@ -173,8 +201,17 @@ def render(rows: list[dict], fmt: str, target_names: list[str], top_k: int | Non
         else:
             shown = [(n, row["probs"][n], "") for n in row["predicted"]]
         labels = ", ".join(f"{n}{mark} {p:.2f}" for n, p, mark in shown) or "-"
-        lines.append(f"| {row['image']} | {given} | {labels} |")
+        ask = f" {_asked(row['suggest'])} |" if asking else ""
+        lines.append(f"| {row['image']} | {given} | {labels} |{ask}")
     return "\n".join(lines) + "\n"
+
+
+def _asked(suggestions: list[dict]) -> str:
+    """``digit_3 (0.42 bits), ...``: the labels to ask next, and the uncertainty each should settle."""
+    if not suggestions:
+        return "-"
+    bits = [s["information"] if s["information"] is not None else s["uncertainty"] for s in suggestions]
+    return ", ".join(f"{s['label']} ({b:.2f} bits)" for s, b in zip(suggestions, bits, strict=True))
 
 
 def _number(value: float | None) -> str:

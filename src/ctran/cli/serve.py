@@ -17,8 +17,10 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="a web page (and JSON API) to tag images interactively: mark labels, watch the others update",
         description="Serve a tagging page and a JSON API for a C-Tran checkpoint. Upload an image, mark the "
         "labels you know as present or absent, and every other label is re-predicted knowing them (the image "
-        "is encoded once; each change re-runs only the label side of the model). Binds to 127.0.0.1 unless "
-        "--host says otherwise. API: POST /api/images, POST /api/images/{id}/condition, "
+        "is encoded once; each change re-runs only the label side of the model, and with a one_way "
+        "checkpoint only its label rows). 'Ask next' names the label whose answer should settle the most of "
+        "the others' uncertainty. Binds to 127.0.0.1 unless --host says otherwise. API: POST /api/images, "
+        "POST /api/images/{id}/condition, GET /api/images/{id}/suggest, "
         "GET /api/images/{id}/attention/{label}, GET /api/labels, GET /healthz; schema at /openapi.json.",
     )
     p.add_argument("--checkpoint", required=True, type=Path, help="a ctran checkpoint (.pt)")
@@ -40,6 +42,14 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--max-megapixels", type=float, default=50.0, help="largest accepted image (default: 50 megapixels)"
     )
     p.add_argument("--cache-size", type=int, default=32, help="images whose features are kept (default: 32)")
+    p.add_argument(
+        "--suggest-candidates",
+        type=int,
+        default=16,
+        metavar="N",
+        help="'Ask next' scores the N most uncertain labels by expected information, re-predicting each "
+        "with both answers (default: 16; 0: every unknown label)",
+    )
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     p.add_argument(
         "--json", type=Path, default=None, help="write the address and settings here once listening"
@@ -51,6 +61,12 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="server log level; debug also logs every request (default: warning)",
     )
     p.set_defaults(run=_run_serve)
+
+
+def _candidates(value: int) -> int | None:
+    if value < 0:
+        raise CTranError(f"--suggest-candidates must be 0 (all) or positive, got {value}")
+    return value or None
 
 
 def _run_serve(args: argparse.Namespace) -> int:
@@ -74,6 +90,7 @@ def _run_serve(args: argparse.Namespace) -> int:
         cache_size=positive(args.cache_size, "--cache-size"),
         threshold=args.threshold,
         allowed_hosts=LOOPBACK_HOSTS if local else None,
+        suggest_candidates=_candidates(args.suggest_candidates),
     )
     sock = bind(args.host, args.port)
     url = url_of(sock)
@@ -93,6 +110,7 @@ def _run_serve(args: argparse.Namespace) -> int:
         "examples": str(args.examples) if args.examples else None,
         "max_upload_bytes": int(args.max_upload_mb * 2**20),
         "cache_size": args.cache_size,
+        "suggest_candidates": args.suggest_candidates,
         "pid": os.getpid(),
     }
     rows = {

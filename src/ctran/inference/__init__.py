@@ -6,5 +6,6 @@
 
 from ctran.inference.explain import Explanation
 from ctran.inference.predictor import Features, Prediction, Predictor, load
+from ctran.inference.suggest import Suggestion
 
-__all__ = ["Explanation", "Features", "Prediction", "Predictor", "load"]
+__all__ = ["Explanation", "Features", "Prediction", "Predictor", "Suggestion", "load"]

@@ -1,7 +1,7 @@
 """Why the model answered: each label token's attention over the image tokens and over the other labels.
 
-``model.decode(..., return_attention=True)`` gives per layer the weights (B, heads, N, N), N = T image tokens
-followed by L label tokens. Two readings of them:
+``model(images, states, return_attention=True)`` gives per layer the weights (B, heads, N, N), N = T image
+tokens followed by L label tokens. Two readings of them:
 
 - ``last``: the last layer's weights averaged over heads, what the label tokens read just before the readout;
 - ``rollout``: attention rollout (Abnar & Zuidema, ACL 2020), which follows the flow through every layer:
@@ -70,7 +70,7 @@ class Explanation:
 def attention_flow(attentions: list[torch.Tensor], rollout: bool = False) -> torch.Tensor:
     """Per-layer weights (B, heads, N, N) -> one (B, N, N) matrix: last layer or rollout, heads averaged."""
     if not attentions:
-        raise ValueError("no attention weights: call decode with return_attention=True")
+        raise ValueError("no attention weights: call the model with return_attention=True")
     if not rollout:
         return attentions[-1].float().mean(dim=1)  # (B, N, N)
     flow = None

@@ -95,6 +95,7 @@ def infer_config(state: dict[str, torch.Tensor], heads: int = 4) -> dict:
         "heads": heads,
         "ffn_dim": int(state["self_attn_layers.0.transformer_layer.linear1.weight"].shape[0]),
         "dropout": 0.1,
+        "attention": "full",  # the official model's: every token attends to every token
     }
 
 

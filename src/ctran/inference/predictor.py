@@ -2,13 +2,19 @@
 
 The predictor decodes and resizes images the way the model was evaluated, turns ``known``/``extra`` label
 dicts into label states, and returns per-image results in label names. Its work is split like the model's:
-``encode`` runs the backbone once and keeps the image tokens (``Features``); ``condition`` re-runs only the
-label tokens, transformer and readout for any set of known labels, so trying several costs no backbone pass.
+``encode`` runs everything that does not depend on the label states once and keeps it (``Features``);
+``condition`` re-runs only the rest for any set of known labels, so trying several costs no backbone pass
+(with ``one_way`` attention, not even the image rows of the transformer: only the L label rows).
+
+``suggest`` answers "which label should I tell you next?": it ranks the unknown target labels by how much
+knowing each is expected to reduce the uncertainty of the others, trying both answers for every candidate
+in one batch of ``condition`` rows over the cached features.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +30,8 @@ from ctran.errors import CTranError
 from ctran.inference.explain import Explanation, explain_attention
 from ctran.inference.known import LabelSpec, label_states, unknown_label
 from ctran.inference.performance import inference_precision, optimize_for_inference
+from ctran.inference.suggest import METHODS as SUGGEST_METHODS
+from ctran.inference.suggest import Suggestion, expected_information, hypotheses, rank
 from ctran.model import CTran
 from ctran.normalization import Normalization, as_normalization
 from ctran.states import POSITIVE, UNKNOWN
@@ -37,9 +45,9 @@ KnownInput = LabelSpec | Sequence[LabelSpec] | None
 
 @dataclass
 class Features:
-    """Image tokens cached by ``Predictor.encode``: all that ``condition`` needs, no backbone pass."""
+    """What ``Predictor.encode`` caches: all that ``condition`` needs, no backbone pass."""
 
-    tokens: torch.Tensor  # (B, T, D) on the predictor's device
+    tokens: torch.Tensor  # (B, T, M) the model's encode memory (image tokens, or one-way keys/values)
     grid: tuple[int, int]  # (h, w) of the backbone feature map, h * w = T
     images: list[str]  # one id per image: its path, or "image 0", "tensor 1", ...
     sizes: list[tuple[int, int]]  # each image's original (width, height)
@@ -184,6 +192,46 @@ class Predictor:
         return self._predictions(features, states, cuts)
 
     @torch.inference_mode()
+    def suggest(
+        self,
+        features: Features,
+        known: KnownInput = None,
+        extra: KnownInput = None,
+        k: int = 3,
+        method: str = "information",
+        candidates: int | None = None,
+    ) -> list[list[Suggestion]]:
+        """Per image, the ``k`` unknown target labels most worth asking about next, best first.
+
+        ``method="information"`` ranks by the expected reduction of the other unknown labels' uncertainty
+        (``ctran.inference.suggest``): both answers for every candidate go through the model as one batch of
+        state rows over the image's cached features. ``candidates`` bounds that work to the most uncertain
+        few (None: every unknown target). ``"uncertainty"`` ranks by the label's own entropy (no extra
+        model call).
+        """
+        if method not in SUGGEST_METHODS:
+            raise CTranError(f"method must be one of {', '.join(SUGGEST_METHODS)}, got {method!r}")
+        for name, value in (("k", k), ("candidates", 1 if candidates is None else candidates)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise CTranError(f"{name} must be a positive integer, got {value!r}")
+        states = self.states(known, extra, len(features))  # (B, L)
+        probs = self._probabilities(features.tokens, states)  # (B, L)
+        results = []
+        for i, (p, s) in enumerate(zip(probs, states, strict=True)):
+            unknown = [j for j in range(len(self.target_names)) if s[j] == UNKNOWN]
+            names = [self.target_names[j] for j in unknown]
+            if method == "uncertainty" or not unknown:
+                results.append(rank(names, p[unknown], None, k))
+                continue
+            pool = rank(names, p[unknown], None, candidates or len(unknown))  # the most uncertain first
+            asked = sorted(names.index(c.label) for c in pool)  # positions among the unknown, label order
+            rows = hypotheses(s, [unknown[a] for a in asked])  # (2C, L)
+            told = self._probabilities(features.tokens[i : i + 1], rows)  # (2C, L)
+            information = expected_information(p[unknown], told[:, unknown], asked)  # (C,)
+            results.append(rank([names[a] for a in asked], p[unknown][asked], information, k))
+        return results
+
+    @torch.inference_mode()
     def predict(
         self,
         images: Images,
@@ -220,11 +268,10 @@ class Predictor:
         ``labels`` defaults to the ``top_k`` most probable unknown target labels. ``rollout`` follows the
         attention through every layer (attention rollout) instead of reading the last layer only.
         """
-        pixels, name, size = self.read(image)
-        features = self._encode_pixels(pixels[None], [name], [size])
+        pixels, name, _ = self.read(image)
         states = self.states(known, extra, 1)  # (1, L)
-        with autocast(self.device, self.precision):
-            output = self.model.decode(features.tokens, states.to(self.device), return_attention=True)
+        with self._backbone_grid() as grid, autocast(self.device, self.precision):
+            output = self.model(pixels[None].to(self.device), states.to(self.device), return_attention=True)
         probs = output.logits[0].float().sigmoid().cpu()  # (L,)
         prediction = self._to_prediction(name, probs, states[0], self.cutoffs())
         chosen = self._explained_labels(labels, prediction, top_k)
@@ -233,7 +280,7 @@ class Predictor:
             prediction.probs,
             prediction.known,
             pixels,
-            features.grid,
+            grid[0],
             self.label_names,
             chosen,
             output.attentions,
@@ -302,20 +349,38 @@ class Predictor:
                 bar.update(len(read))
 
     def _encode_pixels(self, pixels: torch.Tensor, ids: list[str], sizes: list) -> Features:
-        """(B, 3, H, W) -> Features; the grid is read off the backbone's output by a hook, so it is exact."""
+        """(B, 3, H, W) -> Features."""
+        with self._backbone_grid() as grid, autocast(self.device, self.precision):
+            tokens = self.model.encode(pixels.to(self.device))  # (B, T, M)
+        return Features(tokens, grid[0], ids, sizes)
+
+    @contextmanager
+    def _backbone_grid(self) -> Iterator[list[tuple[int, int]]]:
+        """Collects the (h, w) of the backbone's output maps while open: read off the output by a hook, so
+        it is exact whatever the backbone's stride and padding."""
         grids: list[tuple[int, int]] = []
-        hook = self.model.backbone.register_forward_hook(lambda _m, _i, out: grids.append(out.shape[-2:]))
+        hook = self.model.backbone.register_forward_hook(
+            lambda _m, _i, out: grids.append(tuple(out.shape[-2:]))
+        )
         try:
-            with autocast(self.device, self.precision):
-                tokens = self.model.encode(pixels.to(self.device))  # (B, T, D)
+            yield grids
         finally:
             hook.remove()
-        return Features(tokens, tuple(grids[0]), ids, sizes)
+
+    def _probabilities(self, memory: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
+        """sigmoid(decode) (N, L) on the CPU, ``batch_size`` state rows at a time, so memory stays bounded
+        for any number of rows; ``memory`` has one row per state row, or one row for all of them."""
+        parts = []
+        for start in range(0, len(states), self.batch_size):
+            rows = slice(start, start + self.batch_size)
+            part = memory if memory.shape[0] == 1 else memory[rows]  # (N or 1, T, M)
+            with autocast(self.device, self.precision):
+                logits = self.model.decode(part, states[rows].to(self.device))  # (n, L)
+            parts.append(logits.float().sigmoid().cpu())
+        return torch.cat(parts)
 
     def _predictions(self, features: Features, states: torch.Tensor, cuts: np.ndarray) -> list[Prediction]:
-        with autocast(self.device, self.precision):
-            logits = self.model.decode(features.tokens, states.to(self.device))  # (B, L)
-        probs = logits.float().sigmoid().cpu()
+        probs = self._probabilities(features.tokens, states)  # (B, L)
         return [
             self._to_prediction(name, p, s, cuts)
             for name, p, s in zip(features.images, probs, states, strict=True)

@@ -35,8 +35,10 @@ def build_model(
     dropout: float = 0.1,
     position_encoding: bool = False,
     backbone_weights: str | Path | None = None,
+    attention: str = "full",
 ) -> CTran:
-    """C-Tran with the paper's defaults: ResNet-101, D = 2048, 3 layers, 4 heads, FFN width D, dropout 0.1."""
+    """C-Tran with the paper's defaults: ResNet-101, D = 2048, 3 layers, 4 heads, FFN width D, dropout 0.1,
+    full attention (``one_way``: image tokens never attend to labels, see ``ctran.model.transformer``)."""
     if num_labels < 1:
         raise ValueError(f"num_labels must be positive, got {num_labels}")
     return CTran(
@@ -48,6 +50,7 @@ def build_model(
         ffn_dim=ffn_dim,
         dropout=dropout,
         position_encoding=position_encoding,
+        attention=attention,
     )
 
 

@@ -7,8 +7,16 @@
 
 Only the label outputs are read, so the last layer computes only their rows (exact; see ``transformer``).
 
-The work is split so the expensive half can be cached: ``encode`` runs the backbone once per image;
-``decode`` re-runs only label tokens + transformer + readout for any set of known labels.
+The work is split so the expensive half can be cached: ``encode`` computes everything that does not depend
+on the label states, once per image, and ``decode`` the rest for any set of known labels. What that memory
+holds depends on the attention pattern (``attention``), never on the caller:
+
+- ``full`` (the paper's): the image tokens (B, T, D); ``decode`` runs label tokens + transformer + readout;
+- ``one_way`` (image tokens never attend to label tokens): every layer's image keys and values
+  (B, T, layers * 2D); ``decode`` runs only the L label rows of each layer + readout.
+
+``forward(..., return_attention=True)`` runs the whole [image ; label] sequence explicitly and returns every
+layer's attention weights (for explanations); its logits equal ``decode(encode(images), states)``.
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ from torch import nn
 
 from ctran.model.position_encoding import PositionEmbeddingSine
 from ctran.model.readout import PerLabelLinear
-from ctran.model.transformer import Encoder
+from ctran.model.transformer import Encoder, one_way_mask
 from ctran.states import check_states, state_index
 
 
@@ -49,6 +57,7 @@ class CTran(nn.Module):
         ffn_dim: int | None = None,
         dropout: float = 0.1,
         position_encoding: bool = False,
+        attention: str = "full",
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -61,7 +70,7 @@ class CTran(nn.Module):
         # official checkpoint keeps its own non-zero row.
         self.state_embed = nn.Embedding(3, dim, padding_idx=0)
         self.norm = nn.LayerNorm(dim)
-        self.encoder = Encoder(dim, heads, layers, ffn_dim or dim, dropout)
+        self.encoder = Encoder(dim, heads, layers, ffn_dim or dim, dropout, attention)
         self.readout = PerLabelLinear(num_labels, dim)
         self._init_embeddings(dim)
 
@@ -77,8 +86,47 @@ class CTran(nn.Module):
         with torch.no_grad():
             self.state_embed.weight[0].zero_()
 
+    @property
+    def attention(self) -> str:
+        """``full`` or ``one_way``: which tokens the image tokens attend to (see ``transformer``)."""
+        return self.encoder.attention
+
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """Images (B, 3, H, W) -> image tokens (B, h*w, D): the expensive half, cacheable across states."""
+        """Images (B, 3, H, W) -> memory (B, T, M): all that ``decode`` needs from the images, cacheable
+        across label states. M = D image tokens (``full``) or layers * 2D image keys/values (``one_way``)."""
+        tokens = self.image_tokens(images)  # (B, T, D)
+        return self.encoder.encode_images(self.norm(tokens)) if self.attention == "one_way" else tokens
+
+    def decode(self, memory: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
+        """``encode`` memory (B, T, M) + label states (B, L) in {-1, 0, 1} -> logits (B, L).
+
+        A memory of one image (1, T, M) serves any number of state rows: several hypotheses about it.
+        """
+        labels = self.label_tokens(states).to(memory.dtype)  # (B, L, D)
+        if self.attention == "one_way":
+            h = self.encoder.decode_labels(self.norm(labels), memory)  # (B, L, D)
+        else:
+            tokens = memory.expand(labels.shape[0], -1, -1)  # (B, T, D)
+            x = self.norm(torch.cat([tokens, labels], dim=1))  # (B, T + L, D)
+            h, _ = self.encoder(x, keep=self.num_labels)  # (B, L, D)
+        return self.readout(h)  # (B, L)
+
+    def forward(
+        self, images: torch.Tensor, states: torch.Tensor, return_attention: bool = False
+    ) -> torch.Tensor | Output:
+        """Normalised images (B, 3, H, W), states (B, L) -> logits (B, L) (``Output`` with attention)."""
+        if not return_attention:
+            return self.decode(self.encode(images), states)
+        tokens = self.image_tokens(images)  # (B, T, D)
+        labels = self.label_tokens(states).to(tokens.dtype)  # (B, L, D)
+        x = self.norm(torch.cat([tokens, labels], dim=1))  # (B, T + L, D)
+        one_way = self.attention == "one_way"
+        mask = one_way_mask(tokens.shape[1], self.num_labels, x.device) if one_way else None  # (N, N)
+        h, attentions = self.encoder(x, need_weights=True, keep=self.num_labels, mask=mask)  # (B, L, D)
+        return Output(self.readout(h), attentions)
+
+    def image_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """Images (B, 3, H, W) -> image tokens (B, h*w, D): backbone, projection, position."""
         features = self.input_proj(self.backbone(images))  # (B, D, h, w)
         tokens = features.flatten(2).transpose(1, 2)  # (B, h*w, D)
         if self.position is not None:
@@ -86,19 +134,7 @@ class CTran(nn.Module):
             tokens = tokens + self.position(h, w, tokens.device, tokens.dtype)
         return tokens
 
-    def decode(
-        self, tokens: torch.Tensor, states: torch.Tensor, return_attention: bool = False
-    ) -> torch.Tensor | Output:
-        """Image tokens (B, T, D) + label states (B, L) in {-1, 0, 1} -> logits (B, L)."""
+    def label_tokens(self, states: torch.Tensor) -> torch.Tensor:
+        """Label states (B, L) in {-1, 0, 1} -> label tokens (B, L, D): label + state embedding."""
         check_states(states, self.num_labels)
-        labels = self.label_embed.weight + self.state_embed(state_index(states))  # (B, L, D)
-        x = self.norm(torch.cat([tokens, labels.to(tokens.dtype)], dim=1))  # (B, T + L, D)
-        h, attentions = self.encoder(x, need_weights=return_attention, keep=self.num_labels)  # (B, L, D)
-        logits = self.readout(h)  # (B, L)
-        return Output(logits, attentions) if return_attention else logits
-
-    def forward(
-        self, images: torch.Tensor, states: torch.Tensor, return_attention: bool = False
-    ) -> torch.Tensor | Output:
-        """Normalised images (B, 3, H, W), states (B, L) -> logits (B, L) (``Output`` with attention)."""
-        return self.decode(self.encode(images), states, return_attention)
+        return self.label_embed.weight + self.state_embed(state_index(states))

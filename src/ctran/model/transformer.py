@@ -11,6 +11,16 @@ memory grows linearly with the number of labels. Attention weights (for explanat
 Only the label tokens of the last layer are ever read, so the encoder can compute just the last ``keep``
 rows in its last layer: their queries, attention, feed-forward and norms (keys and values still come from
 every token). This is exact, and removes most of the last layer for the image tokens.
+
+Two attention patterns (``ATTENTION``):
+
+- ``full`` (the paper's): every token attends to every token, so the image tokens depend on the label states
+  and a change of one known label re-runs every row of every layer;
+- ``one_way``: image tokens attend only to image tokens, label tokens to everything. The image stream then
+  never depends on the label states, so ``encode_images`` runs it once per image and keeps each layer's image
+  keys and values; ``decode_labels`` runs only the L label rows through the layers, attending over those
+  cached keys and values plus their own. Each is one fused attention call per layer (image-to-image, and
+  label-to-all); the last layer computes image keys and values only, never image outputs.
 """
 
 from __future__ import annotations
@@ -18,6 +28,16 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+ATTENTION = ("full", "one_way")
+
+
+def one_way_mask(images: int, labels: int, device: torch.device | None = None) -> torch.Tensor:
+    """(N, N) bool, True where a query (row) may attend to a key (column), N = images + labels: image rows
+    see image columns only, label rows see everything."""
+    allowed = torch.ones(images + labels, images + labels, dtype=torch.bool, device=device)
+    allowed[:images, images:] = False
+    return allowed
 
 
 class EncoderLayer(nn.Module):
@@ -35,60 +55,136 @@ class EncoderLayer(nn.Module):
         self.dropout2 = nn.Dropout(dropout)
 
     def forward(
-        self, x: torch.Tensor, need_weights: bool = False, keep: int | None = None
+        self,
+        x: torch.Tensor,
+        need_weights: bool = False,
+        keep: int | None = None,
+        mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """x: (B, N, D) -> (B, N, D), or its last ``keep`` rows (B, keep, D); attention (B, heads, N, N)
-        when ``need_weights``."""
+        when ``need_weights``. ``mask`` (N, N) bool: True where a query may attend to a key (None: all)."""
         weights = None
         if need_weights:
-            attended, weights = self.self_attn(x, x, x, need_weights=True, average_attn_weights=False)
+            blocked = None if mask is None else ~mask  # nn.MultiheadAttention: True = may not attend
+            attended, weights = self.self_attn(
+                x, x, x, attn_mask=blocked, need_weights=True, average_attn_weights=False
+            )
             attended = attended if keep is None else attended[:, -keep:]
         else:
-            attended = self._attend(x, keep)  # (B, N or keep, D)
+            attended = self._attend(x, keep, mask)  # (B, N or keep, D)
         if keep is not None:
             x = x[:, -keep:]
-        x = self.norm1(x + self.dropout1(attended))
-        x = self.norm2(x + self.dropout2(self.linear2(self.dropout(F.relu(self.linear1(x))))))
-        return x, weights
+        return self._block(x, attended), weights
 
-    def _attend(self, x: torch.Tensor, keep: int | None) -> torch.Tensor:
+    def _attend(self, x: torch.Tensor, keep: int | None, mask: torch.Tensor | None) -> torch.Tensor:
         """Multi-head self-attention of the last ``keep`` queries (all when None) over all N tokens."""
+        if keep is None:
+            attn = self.self_attn
+            q, k, v = F.linear(x, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)  # (B, N, D) each
+            return self._heads_attention(q, k, v, mask)
+        rows = None if mask is None else mask[-keep:]
+        return self.attend_over(x[:, -keep:], self.keys_values(x), rows)
+
+    def keys_values(self, x: torch.Tensor) -> torch.Tensor:
+        """Tokens (B, N, D) -> their packed attention keys and values (B, N, 2D), what other queries read."""
+        dim = self.self_attn.embed_dim
+        return F.linear(x, self.self_attn.in_proj_weight[dim:], self.self_attn.in_proj_bias[dim:])
+
+    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tokens (B, N, D) -> queries (B, N, D) and packed keys/values (B, N, 2D), in one matrix product."""
+        qkv = F.linear(x, self.self_attn.in_proj_weight, self.self_attn.in_proj_bias)  # (B, N, 3D)
+        return qkv.split([self.self_attn.embed_dim, 2 * self.self_attn.embed_dim], dim=-1)
+
+    def attend_over(
+        self, queries: torch.Tensor, keys_values: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Query tokens (B, Q, D) over packed keys/values (B, K, 2D) -> attention output (B, Q, D)."""
+        dim = self.self_attn.embed_dim
+        q = F.linear(queries, self.self_attn.in_proj_weight[:dim], self.self_attn.in_proj_bias[:dim])
+        return self._heads_attention(q, *keys_values.chunk(2, dim=-1), mask)
+
+    def step(self, x: torch.Tensor, q: torch.Tensor, keys_values: torch.Tensor) -> torch.Tensor:
+        """The whole layer for tokens x (B, Q, D) with queries q (B, Q, D) over packed keys/values
+        (B, K, 2D): the one-way streams' building block (image rows over image keys, label rows over all)."""
+        return self._block(x, self._heads_attention(q, *keys_values.chunk(2, dim=-1), None))
+
+    def _heads_attention(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """(B, Q, D), (B, K, D), (B, K, D) -> fused multi-head attention, output projection (B, Q, D)."""
         attn = self.self_attn
         dim, heads = attn.embed_dim, attn.num_heads
-        if keep is None:
-            q, k, v = F.linear(x, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)  # (B, N, D) each
-        else:
-            w_q, w_kv = attn.in_proj_weight.split([dim, 2 * dim])
-            b_q, b_kv = attn.in_proj_bias.split([dim, 2 * dim])
-            q = F.linear(x[:, -keep:], w_q, b_q)  # (B, keep, D)
-            k, v = F.linear(x, w_kv, b_kv).chunk(2, dim=-1)  # (B, N, D) each
 
         def split_heads(t: torch.Tensor) -> torch.Tensor:
             return t.unflatten(-1, (heads, dim // heads)).transpose(1, 2)  # (B, heads, *, D / heads)
 
         dropout = attn.dropout if self.training else 0.0
         out = F.scaled_dot_product_attention(
-            split_heads(q), split_heads(k), split_heads(v), dropout_p=dropout
+            split_heads(q), split_heads(k), split_heads(v), attn_mask=mask, dropout_p=dropout
         )
         return attn.out_proj(out.transpose(1, 2).flatten(2))  # (B, Q, D)
 
+    def _block(self, x: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
+        """The post-norm residuals and feed-forward around an attention output; both (B, Q, D)."""
+        x = self.norm1(x + self.dropout1(attended))
+        return self.norm2(x + self.dropout2(self.linear2(self.dropout(F.relu(self.linear1(x))))))
+
 
 class Encoder(nn.Module):
-    """A stack of ``EncoderLayer``; collects each layer's attention when asked (for explanations)."""
+    """A stack of ``EncoderLayer``; collects each layer's attention when asked (for explanations).
 
-    def __init__(self, dim: int, heads: int, layers: int, ffn_dim: int, dropout: float) -> None:
+    ``forward`` runs the whole [image ; label] sequence (the full pattern, or any ``mask``); for ``one_way``
+    the split pair ``encode_images`` / ``decode_labels`` computes the same label outputs with the image
+    stream run once.
+    """
+
+    def __init__(
+        self, dim: int, heads: int, layers: int, ffn_dim: int, dropout: float, attention: str = "full"
+    ) -> None:
         super().__init__()
+        if attention not in ATTENTION:
+            raise ValueError(f"attention must be one of {', '.join(ATTENTION)}, got {attention!r}")
+        self.attention = attention
         self.layers = nn.ModuleList(EncoderLayer(dim, heads, ffn_dim, dropout) for _ in range(layers))
 
     def forward(
-        self, x: torch.Tensor, need_weights: bool = False, keep: int | None = None
+        self,
+        x: torch.Tensor,
+        need_weights: bool = False,
+        keep: int | None = None,
+        mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """x: (B, N, D) -> (B, N, D), or only its last ``keep`` tokens (B, keep, D), computed only for them
-        in the last layer; per-layer attention (B, heads, N, N) when asked (else empty)."""
+        in the last layer; per-layer attention (B, heads, N, N) when asked (else empty). ``mask`` (N, N)
+        bool: True where a query may attend to a key (e.g. ``one_way_mask``; None: every pair)."""
         attentions = []
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
-            x, weights = layer(x, need_weights, keep if i == last else None)
+            x, weights = layer(x, need_weights, keep if i == last else None, mask)
             if need_weights:
                 attentions.append(weights)
         return x, attentions
+
+    def encode_images(self, x: torch.Tensor) -> torch.Tensor:
+        """One-way: normalised image tokens (B, T, D) -> every layer's image keys and values, packed as
+        (B, T, layers * 2D): all the label rows ever read from the image stream."""
+        memory = []
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            if i == last:  # the last layer's image outputs are never read: keys and values only
+                memory.append(layer.keys_values(x))  # (B, T, 2D)
+                break
+            q, keys_values = layer.project(x)  # (B, T, D), (B, T, 2D)
+            memory.append(keys_values)
+            x = layer.step(x, q, keys_values)  # (B, T, D): image-to-image attention
+        return torch.cat(memory, dim=-1)
+
+    def decode_labels(self, x: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+        """One-way: normalised label tokens (B, L, D) + ``encode_images`` memory (B or 1, T, layers * 2D)
+        -> label outputs (B, L, D); only the L label rows are computed in every layer."""
+        for layer, image_kv in zip(self.layers, memory.chunk(len(self.layers), dim=-1), strict=True):
+            q, label_kv = layer.project(x)  # (B, L, D), (B, L, 2D)
+            image_kv = image_kv.expand(x.shape[0], -1, -1)  # (B, T, 2D); a view when one image serves all
+            keys_values = torch.cat([image_kv, label_kv], dim=1)  # (B, T + L, 2D)
+            x = layer.step(x, q, keys_values)  # (B, L, D): label-to-all attention
+        return x

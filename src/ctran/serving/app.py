@@ -6,6 +6,8 @@
 - ``POST /api/images``: multipart field ``file`` -> ``{"id", "predictions", ...}``, the image encoded once;
 - ``POST /api/images/{id}/condition``: ``{"known": {label: bool}, "extra": {label: bool}}`` ->
   ``{"predictions", ...}`` from the cached tokens;
+- ``GET /api/images/{id}/suggest``: which unknown labels to ask about next (query ``known``/``extra`` as
+  ``a=1,b=0``, ``k``, ``method``, ``candidates``) -> ``{"method", "suggestions": [{"label", ...}]}``;
 - ``GET /api/images/{id}/attention/{label}``: PNG heat-map (query ``known``/``extra`` as ``a=1,b=0``);
 - ``DELETE /api/images/{id}``; ``GET /api/labels``; ``GET /healthz``;
 - ``GET /api/examples``, ``GET /api/examples/{name}`` (the file), ``POST /api/examples/{name}`` (as upload).
@@ -17,8 +19,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Annotated, Literal
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -37,6 +40,7 @@ from ctran.serving.service import CachedImage, TaggingService
 from ctran.serving.uploads import FILE_FIELD, MAX_PIXELS, MAX_UPLOAD_BYTES, decode_image, read_upload
 
 STATIC = Path(__file__).parent / "static"
+SUGGEST_CANDIDATES = 16
 ERRORS = {code: {"model": schemas.ErrorBody} for code in (400, 404, 413, 415, 422)}
 UPLOAD_BODY = {
     "requestBody": {
@@ -62,9 +66,12 @@ def create_app(
     cache_size: int = 32,
     threshold: float | None = None,
     allowed_hosts: Iterable[str] | None = None,
+    suggest_candidates: int | None = SUGGEST_CANDIDATES,
 ) -> FastAPI:
     """The app. ``threshold`` None uses the checkpoint's calibrated thresholds when it has them, else 0.5;
-    ``allowed_hosts`` None accepts any ``Host`` header (``ctran serve`` passes the loopback names)."""
+    ``allowed_hosts`` None accepts any ``Host`` header (``ctran serve`` passes the loopback names);
+    ``suggest_candidates`` is how many of the most uncertain labels ``suggest`` scores by default (None:
+    all), which bounds its cost to 2 x that many re-conditionings."""
     service = TaggingService(predictor, cache_size, threshold)
     gallery = find_examples(examples) if examples is not None else {}
     app = FastAPI(
@@ -118,6 +125,28 @@ def create_app(
     def condition(image_id: str, body: schemas.ConditionRequest) -> schemas.Predictions:
         """Re-predict the image's unknown target labels given the known and extra labels."""
         return _predictions(service.condition(image_id, body.known, body.extra))
+
+    @app.get(
+        "/api/images/{image_id}/suggest",
+        response_model=schemas.Suggestions,
+        responses=ERRORS,
+        tags=["images"],
+    )
+    def suggest(
+        image_id: str,
+        known: str = "",
+        extra: str = "",
+        k: Annotated[int, Query(ge=1, le=1000)] = 3,
+        method: Literal["information", "uncertainty"] = "information",
+        candidates: Annotated[int | None, Query(ge=1)] = None,
+    ) -> schemas.Suggestions:
+        """The unknown target labels most worth asking about next, best first (``information``: by the
+        expected reduction of the other labels' uncertainty, scoring the ``candidates`` most uncertain (the
+        server's default when not given); ``uncertainty``: by their own)."""
+        pool = candidates or suggest_candidates
+        known_spec, extra_spec = parse_spec(known, "known"), parse_spec(extra, "extra")
+        found = service.suggest(image_id, known_spec, extra_spec, k, method, pool)
+        return schemas.Suggestions(method=method, suggestions=[s.to_dict() for s in found])
 
     @app.get(
         "/api/images/{image_id}/attention/{label:path}",

@@ -61,6 +61,25 @@ class ImageResult(Predictions):
     height: int
 
 
+class Suggestion(BaseModel):
+    """An unknown target label worth asking about, and why (``ctran.inference.suggest``)."""
+
+    label: str
+    probability: float = Field(description="the model's probability that the label is present, now")
+    uncertainty: float = Field(description="the label's own binary entropy, bits (1 at probability 0.5)")
+    information: float | None = Field(
+        description="expected entropy reduction of the other unknown labels once it is known, bits "
+        "(null for method=uncertainty)"
+    )
+
+
+class Suggestions(BaseModel):
+    """The labels to ask about next, best first (empty once every target label is known)."""
+
+    method: str = Field(description="information (the others' expected uncertainty drop) or uncertainty")
+    suggestions: list[Suggestion]
+
+
 class Labels(BaseModel):
     targets: list[str] = Field(description="labels the model predicts")
     extras: list[str] = Field(description="input-only labels (metadata), never predicted")

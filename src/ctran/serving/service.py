@@ -1,7 +1,9 @@
 """What the HTTP routes call: a ``Predictor`` behind a lock, and the cache of encoded images.
 
-Uploading an image runs the backbone once (``Predictor.encode``) and caches its tokens; every change of
-the known labels afterwards only re-runs the label tokens, transformer and readout (``condition``). Routes
+Uploading an image runs the backbone once (``Predictor.encode``) and caches its features; every change of
+the known labels afterwards only re-runs the label side of the model (``condition``): the label tokens,
+transformer and readout, or with a one-way checkpoint only the label rows of the transformer. Suggesting
+the next label to ask (``suggest``) re-conditions on both answers for every candidate in one batch. Routes
 run in a thread pool, so model calls are serialised by one lock (one forward pass at a time, as on a
 single device); decoding and resizing happen outside it. Heat-maps are drawn with ``ctran explain``'s
 plotting, whose pyplot state is not thread-safe either, so drawing has a lock of its own.
@@ -17,7 +19,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from ctran.inference import Features, Prediction, Predictor
+from ctran.inference import Features, Prediction, Predictor, Suggestion
 from ctran.inference.explain import plot_heatmaps
 from ctran.inference.known import LabelSpec
 from ctran.serving.cache import FeatureCache
@@ -71,6 +73,14 @@ class TaggingService:
         features = self.get(image_id).features
         with self._model_lock:
             return self.predictor.condition(features, known, extra, threshold=self.threshold)[0]
+
+    def suggest(
+        self, image_id: str, known: LabelSpec, extra: LabelSpec, k: int, method: str, candidates: int | None
+    ) -> list[Suggestion]:
+        """The k unknown target labels most worth asking about next, from the cached features."""
+        features = self.get(image_id).features
+        with self._model_lock:
+            return self.predictor.suggest(features, known, extra, k, method, candidates)[0]
 
     def attention_png(
         self, image_id: str, label: str, known: LabelSpec, extra: LabelSpec, rollout: bool = False

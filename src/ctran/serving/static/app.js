@@ -1,7 +1,9 @@
 // ctran serve: the tagging page. Plain JavaScript, no dependencies, talks only to this server's /api.
 // Flow: upload (or pick an example) -> POST /api/images -> id + probabilities; each change of a label's
 // state -> (debounced) POST /api/images/{id}/condition -> every probability again; clicking a label's
-// name -> GET /api/images/{id}/attention/{label} (PNG heat-map). Only the latest answer is shown.
+// name -> GET /api/images/{id}/attention/{label} (PNG heat-map); after every answer, "Ask next" shows the
+// label most worth telling (GET /api/images/{id}/suggest) with Yes/No buttons. Only the latest answer is
+// shown.
 "use strict";
 
 const DEBOUNCE_MS = 120;
@@ -27,6 +29,7 @@ let timer = null;
 let inFlight = null; // AbortController of the running condition request
 let sequence = 0; // increases with every condition request; older answers are dropped
 let heatmapUrl = null;
+let askSequence = 0; // the same for suggestions
 
 // ------------------------------------------------------------------------------------------ helpers
 async function api(path, options = {}) {
@@ -201,6 +204,38 @@ function applyPredictions(body) {
   page.probs = body.predictions;
   page.predicted = new Set(body.predicted);
   render();
+  askNext();
+}
+
+// ---------------------------------------------------------------------------------------- ask next
+async function askNext() {
+  const mine = ++askSequence;
+  const query = new URLSearchParams({ known: spec(page.known), extra: spec(page.extra), k: "1" });
+  try {
+    const body = await api(imageUrl(`/suggest?${query}`));
+    if (mine !== askSequence) return;
+    const [best] = body.suggestions;
+    el("ask").hidden = false;
+    el("ask").removeAttribute("aria-busy");
+    el("ask").dataset.label = best ? best.label : "";
+    for (const id of ["ask-question", "ask-yes", "ask-no"]) el(id).hidden = !best;
+    el("ask-done").hidden = Boolean(best);
+    if (!best) return;
+    el("ask-label").textContent = best.label;
+    el("ask-why").textContent =
+      `(now ${percent(best.probability)}; the answer is expected to settle ` +
+      `${best.information.toFixed(2)} bits of the other labels' uncertainty)`;
+  } catch (error) {
+    if (mine === askSequence) el("ask").hidden = true;
+  }
+}
+
+function answerAsked(present) {
+  const name = el("ask").dataset.label;
+  if (!name) return;
+  el("ask").dataset.label = ""; // answered: the next suggestion comes with the next predictions
+  el("ask").setAttribute("aria-busy", "true");
+  setState(name, "target", present ? "yes" : "no");
 }
 
 // ------------------------------------------------------------------------------------ conditioning
@@ -268,6 +303,7 @@ async function openImage(request, src, name) {
     page.extra.clear();
     page.heatmap = null;
     page.probs = {};
+    el("ask").hidden = true;
     applyPredictions(body);
     showImage();
     for (const id of ["targets", "extras-block", "viewer"]) el(id).hidden = false;
@@ -401,6 +437,8 @@ async function start() {
     scheduleCondition();
   });
   el("download").addEventListener("click", download);
+  el("ask-yes").addEventListener("click", () => answerAsked(true));
+  el("ask-no").addEventListener("click", () => answerAsked(false));
   el("show-image").addEventListener("click", showImage);
   await loadExamples().catch((error) => say(error.message, true));
   document.body.dataset.ready = "true";
