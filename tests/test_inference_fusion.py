@@ -52,7 +52,9 @@ CASES = [("resnet18", 64, 64), ("small_cnn", 32, 48)]
 
 @pytest.mark.parametrize(("backbone", "dim", "size"), CASES)
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_fused_model_gives_the_unfused_logits(backbone: str, dim: int, size: int, channels_last: bool) -> None:
+def test_fused_model_gives_the_unfused_logits(
+    backbone: str, dim: int, size: int, channels_last: bool
+) -> None:
     model = _model(backbone, dim)
     images, states = _inputs(size)
     fused = optimize_for_inference(copy.deepcopy(model), channels_last=channels_last)
@@ -138,3 +140,48 @@ def test_strided_max_pool_equals_max_pool(size: tuple[int, int], dtype: torch.dt
     assert torch.equal(max_pool(x, pool), F.max_pool2d(x, 3, 2, 1))
     assert torch.equal(max_pool(x.contiguous(memory_format=CL), pool), F.max_pool2d(x, 3, 2, 1))
     assert "aten::max_pool2d_with_indices" not in _ops(lambda: max_pool(x, pool))
+
+
+@pytest.mark.parametrize("layers", [1, 2, 3])
+def test_label_projection_table_gives_the_same_logits_and_saves_its_flops(layers: int) -> None:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    torch.manual_seed(0)
+    model = ctran.build_model(7, backbone="small_cnn", dim=32, layers=layers, heads=2).eval()
+    tokens = torch.randn(3, 36, 32)
+    states = torch.tensor([[-1, 0, 1, -1, 0, 1, -1]] * 3)  # every state, so every table row is read
+    counters = []
+    with torch.inference_mode():
+        expected = model.decode(tokens, states)
+        counters.append(FlopCounterMode(display=False))
+        with counters[-1]:
+            model.decode(tokens, states)
+        model.freeze_label_projections()
+        assert model.label_qkv.shape == (3, 7, 96)
+        counters.append(FlopCounterMode(display=False))
+        with counters[-1]:
+            got = model.decode(tokens, states)
+        explained = model.decode(tokens, states, return_attention=True)  # MHA itself: table not used
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(explained.logits, expected, atol=1e-5, rtol=1e-5)
+    saved = counters[0].get_total_flops() - counters[1].get_total_flops()
+    # the first layer's projections of B x L label tokens (a lone layer keeps its queries-only path)
+    assert saved == (2 * 3 * 7 * 32 * 96 if layers > 1 else 0)
+
+
+def test_label_projection_table_is_not_used_in_training() -> None:
+    torch.manual_seed(0)
+    model = ctran.build_model(4, backbone="small_cnn", dim=32, layers=2, heads=2, dropout=0.0)
+    model.freeze_label_projections()
+    model.label_qkv.zero_()  # a stale table would change the logits
+    tokens, states = torch.randn(2, 36, 32), torch.randint(-1, 2, (2, 4))
+    with torch.no_grad():
+        train = model.train().decode(tokens, states)
+        model.label_qkv = None
+        reference = model.decode(tokens, states)
+    torch.testing.assert_close(train, reference)
+
+
+def test_ctran_load_tabulates_the_label_projections(tiny_checkpoint) -> None:
+    predictor = ctran.load(tiny_checkpoint)
+    assert predictor.model.label_qkv is not None and predictor.model.label_qkv.shape[:2] == (3, 6)

@@ -1,7 +1,7 @@
 """Inference-only rewrites of a trained C-Tran that change its results by float rounding only.
 
 ``fuse_for_inference(model, dtype)`` (called by ``optimize_for_inference``, hence by ``ctran.load``) does
-three things, each exact in arithmetic and measured in ``BENCHMARKS.md``:
+four things, each exact in arithmetic and measured in ``BENCHMARKS.md``:
 
 - **BatchNorm folded into the convolution before it.** In eval mode BatchNorm is an affine map with
   constant coefficients, so ``bn(conv(x))`` is one convolution with weight ``w * g / sqrt(v + eps)`` and
@@ -14,6 +14,8 @@ three things, each exact in arithmetic and measured in ``BENCHMARKS.md``:
 - **Weights stored in the compute dtype.** Under bf16/fp16 autocast every call casts each float32
   convolution and linear weight again (about 120 M values for the paper's model); stored once in that
   dtype they are the very values autocast would make, so those layers give bit-identical outputs.
+- **Label tokens' first-layer projections tabulated** (``CTran.freeze_label_projections``): each label
+  token takes one of three values (its state), so its first-layer Q/K/V are looked up, not recomputed.
 
 What is fused: timm ResNets built from ``Bottleneck``/``BasicBlock`` with the plain stem (the paper's
 ``resnet101``), and plain ``Conv2d``/``BatchNorm2d``/``ReLU``/``MaxPool2d`` stacks (``small_cnn``). Other
@@ -55,21 +57,29 @@ def fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d | None) -> tuple[torch.Te
 class FusedConv2d(nn.Module):
     """``relu?(conv(x) + bias [+ residual])`` with BatchNorm folded in; weights are buffers (no training)."""
 
-    def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d | None, relu: bool, dtype: torch.dtype) -> None:
+    def __init__(
+        self,
+        conv: nn.Conv2d,
+        bn: nn.BatchNorm2d | None,
+        relu: bool,
+        dtype: torch.dtype,
+        post_ops: bool = True,
+    ) -> None:
         super().__init__()
         weight, bias = fold_batchnorm(conv, bn)
         memory_format = torch.channels_last if _channels_last(conv.weight) else torch.contiguous_format
         self.register_buffer("weight", weight.to(dtype).contiguous(memory_format=memory_format))
         self.register_buffer("bias", None if bias is None else bias.to(dtype))
         self.stride, self.padding, self.dilation = conv.stride, conv.padding, conv.dilation
-        self.groups, self.relu = conv.groups, relu
+        self.groups, self.relu, self.post_ops = conv.groups, relu, post_ops
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, C_in, H, W) [, residual (B, C_out, H', W')] -> (B, C_out, H', W'), x's layout."""
         weight, bias = self.weight, self.bias
         if weight.dtype != x.dtype:  # run in another precision than stored: cast, as autocast would
             weight, bias = weight.to(x.dtype), None if bias is None else bias.to(x.dtype)
-        if x.device.type == "cpu" and (_channels_last(x) or _channels_last(weight)) and _onednn_ready():
+        onednn = self.post_ops and x.device.type == "cpu" and _onednn_ready()
+        if onednn and (_channels_last(x) or _channels_last(weight)):
             args = (weight, bias, self.padding, self.stride, self.dilation, self.groups)
             unary = "relu" if self.relu else "none"
             if residual is None:
@@ -174,7 +184,7 @@ def _plain_conv(conv: object) -> bool:
     return isinstance(conv, nn.Conv2d) and conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
 
 
-def _fuse_block(block: nn.Module, dtype: torch.dtype) -> FusedBlock | None:
+def _fuse_block(block: nn.Module, dtype: torch.dtype, post_ops: bool) -> FusedBlock | None:
     """A timm ``Bottleneck`` (3 convs) or ``BasicBlock`` (2 convs) with ReLU and no SE/anti-aliasing."""
     count = 3 if hasattr(block, "conv3") else 2
     parts = [(getattr(block, f"conv{i}", None), getattr(block, f"bn{i}", None)) for i in range(1, count + 1)]
@@ -191,13 +201,13 @@ def _fuse_block(block: nn.Module, dtype: torch.dtype) -> FusedBlock | None:
             return None
         if not isinstance(downsample[1], nn.BatchNorm2d):
             return None
-        fused_down = FusedConv2d(downsample[0], downsample[1], relu=False, dtype=dtype)
+        fused_down = FusedConv2d(downsample[0], downsample[1], False, dtype, post_ops)
     if not plain:
         return None
-    return FusedBlock([FusedConv2d(c, b, relu=True, dtype=dtype) for c, b in parts], fused_down)
+    return FusedBlock([FusedConv2d(c, b, True, dtype, post_ops) for c, b in parts], fused_down)
 
 
-def _fuse_timm_resnet(body: nn.Module, dtype: torch.dtype) -> FusedResNet | None:
+def _fuse_timm_resnet(body: nn.Module, dtype: torch.dtype, post_ops: bool) -> FusedResNet | None:
     from timm.models.resnet import ResNet
 
     if not isinstance(body, ResNet) or not _plain_conv(body.conv1) or not isinstance(body.act1, nn.ReLU):
@@ -205,16 +215,17 @@ def _fuse_timm_resnet(body: nn.Module, dtype: torch.dtype) -> FusedResNet | None
     if not isinstance(body.bn1, nn.BatchNorm2d) or not isinstance(body.maxpool, nn.MaxPool2d):
         return None
     blocks = [
-        _fuse_block(block, dtype)
+        _fuse_block(block, dtype, post_ops)
         for stage in (body.layer1, body.layer2, body.layer3, body.layer4)
         for block in stage
     ]
     if any(block is None for block in blocks):
         return None
-    return FusedResNet(FusedConv2d(body.conv1, body.bn1, relu=True, dtype=dtype), body.maxpool, blocks)
+    stem = FusedConv2d(body.conv1, body.bn1, True, dtype, post_ops)
+    return FusedResNet(stem, body.maxpool, blocks)
 
 
-def _fuse_stack(body: nn.Module, dtype: torch.dtype) -> FusedStack | None:
+def _fuse_stack(body: nn.Module, dtype: torch.dtype, post_ops: bool) -> FusedStack | None:
     """Conv [BatchNorm] [ReLU] runs and max-pools of (nested) ``nn.Sequential`` s; None if anything else."""
     flat = [m for m in body.modules() if not isinstance(m, nn.Sequential)]
     layers: list[nn.Module] = []
@@ -231,26 +242,38 @@ def _fuse_stack(body: nn.Module, dtype: torch.dtype) -> FusedStack | None:
         i += 1 + (bn is not None)
         relu = i < len(flat) and isinstance(flat[i], nn.ReLU)
         i += relu
-        layers.append(FusedConv2d(module, bn, relu, dtype))
+        layers.append(FusedConv2d(module, bn, relu, dtype, post_ops))
     return FusedStack(layers)
 
 
-def fuse_backbone(backbone: nn.Module, dtype: torch.dtype) -> nn.Module:
-    """The fused equivalent of ``backbone`` (eval mode) in ``dtype``; ``backbone`` itself if not fusable."""
+def fuse_backbone(
+    backbone: nn.Module, dtype: torch.dtype = torch.float32, post_ops: bool = True
+) -> nn.Module:
+    """The fused equivalent of ``backbone`` (eval mode) with weights in ``dtype``; ``backbone`` itself if it
+    cannot be fused. ``post_ops=False`` keeps ReLU and residual adds as separate passes (folding only)."""
     body = None
     if isinstance(backbone, TimmBackbone) and backbone.output_fmt == "NCHW":
-        body = _fuse_timm_resnet(backbone.body, dtype)
+        body = _fuse_timm_resnet(backbone.body, dtype, post_ops)
     elif isinstance(backbone, SmallCNN):
-        body = _fuse_stack(backbone.body, dtype)
+        body = _fuse_stack(backbone.body, dtype, post_ops)
     return backbone if body is None else FusedBackbone(body, backbone.num_channels, dtype).eval()
 
 
+def store_weights(model: CTran, dtype: torch.dtype) -> CTran:
+    """The input projection's and the transformer's linear weights stored in ``dtype`` (in place)."""
+    model.input_proj.to(dtype)
+    for module in model.encoder.modules():
+        if isinstance(module, nn.Linear | nn.MultiheadAttention):
+            module.to(dtype)
+    return model
+
+
 def fuse_for_inference(model: CTran, dtype: torch.dtype = torch.float32) -> CTran:
-    """Fold/fuse the backbone and store the convolution and linear weights in ``dtype`` (in place)."""
+    """Fold/fuse the backbone, store the convolution and linear weights in ``dtype`` and tabulate the
+    label tokens' first-layer projections (``CTran.freeze_label_projections``), in place."""
     model.backbone = fuse_backbone(model.backbone, dtype)
-    if dtype != torch.float32:
-        model.input_proj.to(dtype)
-        for module in model.encoder.modules():
-            if isinstance(module, nn.Linear | nn.MultiheadAttention):
-                module.to(dtype)
+    store_weights(model, dtype)
+    device = model.label_embed.weight.device.type
+    with torch.autocast(device, dtype, enabled=dtype != torch.float32):
+        model.freeze_label_projections(dtype)
     return model.eval()

@@ -60,6 +60,7 @@ class CTran(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.encoder = Encoder(dim, heads, layers, ffn_dim or dim, dropout)
         self.readout = PerLabelLinear(num_labels, dim)
+        self.register_buffer("label_qkv", None, persistent=False)  # see freeze_label_projections
         self._init_embeddings(dim)
 
     def _init_embeddings(self, dim: int) -> None:
@@ -83,14 +84,35 @@ class CTran(nn.Module):
             tokens = tokens + self.position(h, w, tokens.device, tokens.dtype)
         return tokens
 
+    def freeze_label_projections(self, dtype: torch.dtype = torch.float32) -> None:
+        """Tabulate the first layer's Q/K/V of every label token, for inference with fixed weights.
+
+        A label token is ``norm(label_embed[l] + state_embed[s])`` whatever the image, so its first-layer
+        projections take one of three values per label: a (3, L, 3D) table (9 L D values) looked up by
+        ``decode`` in eval mode instead of recomputed for each image (at L = 1000, D = 2048, 25 of an
+        image's 330 GFLOPs). ``dtype`` is the one label tokens are cast to (that of the image tokens). The
+        table does not follow later changes of the weights: call this again, or set ``label_qkv = None``.
+        """
+        with torch.no_grad():
+            labels = self.label_embed.weight + self.state_embed.weight[:, None]  # (3, L, D)
+            self.label_qkv = self.encoder.layers[0].project(self.norm(labels.to(dtype)))  # (3, L, 3D)
+
     def decode(
         self, tokens: torch.Tensor, states: torch.Tensor, return_attention: bool = False
     ) -> torch.Tensor | Output:
         """Image tokens (B, T, D) + label states (B, L) in {-1, 0, 1} -> logits (B, L)."""
         check_states(states, self.num_labels)
-        labels = self.label_embed.weight + self.state_embed(state_index(states))  # (B, L, D)
+        index = state_index(states)  # (B, L) rows of the state embedding
+        labels = self.label_embed.weight + self.state_embed(index)  # (B, L, D)
         x = self.norm(torch.cat([tokens, labels.to(tokens.dtype)], dim=1))  # (B, T + L, D)
-        h, attentions = self.encoder(x, need_weights=return_attention, keep=self.num_labels)  # (B, L, D)
+        first_qkv = None
+        if self.label_qkv is not None and not (self.training or return_attention):
+            first_qkv = self.label_qkv[
+                index, torch.arange(self.num_labels, device=index.device)
+            ]  # (B, L, 3D)
+        h, attentions = self.encoder(
+            x, need_weights=return_attention, keep=self.num_labels, first_qkv=first_qkv
+        )  # (B, L, D)
         logits = self.readout(h)  # (B, L)
         return Output(logits, attentions) if return_attention else logits
 

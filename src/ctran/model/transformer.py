@@ -11,6 +11,10 @@ memory grows linearly with the number of labels. Attention weights (for explanat
 Only the label tokens of the last layer are ever read, so the encoder can compute just the last ``keep``
 rows in its last layer: their queries, attention, feed-forward and norms (keys and values still come from
 every token). This is exact, and removes most of the last layer for the image tokens.
+
+The first layer can also be given the Q/K/V projections of its last rows (``first_qkv``): C-Tran's label
+tokens enter it with one of three values per label, so their projections can be looked up from a table
+(``CTran.freeze_label_projections``) instead of recomputed for every image.
 """
 
 from __future__ import annotations
@@ -35,28 +39,42 @@ class EncoderLayer(nn.Module):
         self.dropout2 = nn.Dropout(dropout)
 
     def forward(
-        self, x: torch.Tensor, need_weights: bool = False, keep: int | None = None
+        self,
+        x: torch.Tensor,
+        need_weights: bool = False,
+        keep: int | None = None,
+        tail_qkv: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """x: (B, N, D) -> (B, N, D), or its last ``keep`` rows (B, keep, D); attention (B, heads, N, N)
-        when ``need_weights``."""
+        when ``need_weights``. ``tail_qkv`` (B, M, 3D), if given, is ``project`` of the last M rows of x
+        (only with ``keep`` None)."""
         weights = None
         if need_weights:
             attended, weights = self.self_attn(x, x, x, need_weights=True, average_attn_weights=False)
             attended = attended if keep is None else attended[:, -keep:]
         else:
-            attended = self._attend(x, keep)  # (B, N or keep, D)
+            attended = self._attend(x, keep, tail_qkv)  # (B, N or keep, D)
         if keep is not None:
             x = x[:, -keep:]
         x = self.norm1(x + self.dropout1(attended))
         x = self.norm2(x + self.dropout2(self.linear2(self.dropout(F.relu(self.linear1(x))))))
         return x, weights
 
-    def _attend(self, x: torch.Tensor, keep: int | None) -> torch.Tensor:
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """The packed query/key/value projections: (..., D) -> (..., 3D)."""
+        return F.linear(x, self.self_attn.in_proj_weight, self.self_attn.in_proj_bias)
+
+    def _attend(
+        self, x: torch.Tensor, keep: int | None, tail_qkv: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Multi-head self-attention of the last ``keep`` queries (all when None) over all N tokens."""
         attn = self.self_attn
         dim, heads = attn.embed_dim, attn.num_heads
-        if keep is None:
-            q, k, v = F.linear(x, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)  # (B, N, D) each
+        if tail_qkv is not None:
+            head = self.project(x[:, : x.shape[1] - tail_qkv.shape[1]])  # (B, N - M, 3D)
+            q, k, v = torch.cat([head, tail_qkv.to(head.dtype)], dim=1).chunk(3, dim=-1)  # (B, N, D) each
+        elif keep is None:
+            q, k, v = self.project(x).chunk(3, dim=-1)  # (B, N, D) each
         else:
             w_q, w_kv = attn.in_proj_weight.split([dim, 2 * dim])
             b_q, b_kv = attn.in_proj_bias.split([dim, 2 * dim])
@@ -81,14 +99,21 @@ class Encoder(nn.Module):
         self.layers = nn.ModuleList(EncoderLayer(dim, heads, ffn_dim, dropout) for _ in range(layers))
 
     def forward(
-        self, x: torch.Tensor, need_weights: bool = False, keep: int | None = None
+        self,
+        x: torch.Tensor,
+        need_weights: bool = False,
+        keep: int | None = None,
+        first_qkv: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """x: (B, N, D) -> (B, N, D), or only its last ``keep`` tokens (B, keep, D), computed only for them
-        in the last layer; per-layer attention (B, heads, N, N) when asked (else empty)."""
+        in the last layer; per-layer attention (B, heads, N, N) when asked (else empty). ``first_qkv``
+        (B, M, 3D): the first layer's projections of the last M rows of x, when already known (used when
+        there are two layers or more)."""
         attentions = []
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
-            x, weights = layer(x, need_weights, keep if i == last else None)
+            tail_qkv = first_qkv if i == 0 < last else None  # a lone layer keeps its queries-only path
+            x, weights = layer(x, need_weights, keep if i == last else None, tail_qkv)
             if need_weights:
                 attentions.append(weights)
         return x, attentions
