@@ -15,7 +15,7 @@ from torch import nn
 from torch.profiler import profile
 
 import ctran
-from ctran.inference.fusion import FusedBackbone, fuse_backbone, fuse_for_inference, max_pool
+from ctran.inference.fusion import FusedBackbone, FusedConv2d, fuse_backbone, fuse_for_inference, max_pool
 from ctran.inference.performance import optimize_for_inference
 
 CL = torch.channels_last
@@ -185,3 +185,13 @@ def test_label_projection_table_is_not_used_in_training() -> None:
 def test_ctran_load_tabulates_the_label_projections(tiny_checkpoint) -> None:
     predictor = ctran.load(tiny_checkpoint)
     assert predictor.model.label_qkv is not None and predictor.model.label_qkv.shape[:2] == (3, 6)
+
+
+def test_compiled_models_leave_the_fusion_to_inductor_in_one_graph() -> None:
+    model = optimize_for_inference(_model("small_cnn", 32), channels_last=True, compile=True)
+    convs = [m for m in model.backbone.modules() if isinstance(m, FusedConv2d)]
+    assert convs and not any(conv.post_ops for conv in convs)  # dynamo cannot trace oneDNN's fused ops
+    backbone = fuse_backbone(_model("small_cnn", 32).backbone, post_ops=False)
+    with torch.inference_mode():
+        explained = torch._dynamo.explain(backbone)(_inputs(48)[0])
+    assert explained.graph_break_count == 0

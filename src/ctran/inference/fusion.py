@@ -71,14 +71,15 @@ class FusedConv2d(nn.Module):
         self.register_buffer("weight", weight.to(dtype).contiguous(memory_format=memory_format))
         self.register_buffer("bias", None if bias is None else bias.to(dtype))
         self.stride, self.padding, self.dilation = conv.stride, conv.padding, conv.dilation
-        self.groups, self.relu, self.post_ops = conv.groups, relu, post_ops
+        # decided once here: the check is a graph break for torch.compile if made in forward
+        self.groups, self.relu, self.post_ops = conv.groups, relu, post_ops and _onednn_ready()
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, C_in, H, W) [, residual (B, C_out, H', W')] -> (B, C_out, H', W'), x's layout."""
         weight, bias = self.weight, self.bias
         if weight.dtype != x.dtype:  # run in another precision than stored: cast, as autocast would
             weight, bias = weight.to(x.dtype), None if bias is None else bias.to(x.dtype)
-        onednn = self.post_ops and x.device.type == "cpu" and _onednn_ready()
+        onednn = self.post_ops and x.device.type == "cpu"
         if onednn and (_channels_last(x) or _channels_last(weight)):
             args = (weight, bias, self.padding, self.stride, self.dilation, self.groups)
             unary = "relu" if self.relu else "none"
@@ -268,10 +269,14 @@ def store_weights(model: CTran, dtype: torch.dtype) -> CTran:
     return model
 
 
-def fuse_for_inference(model: CTran, dtype: torch.dtype = torch.float32) -> CTran:
+def fuse_for_inference(model: CTran, dtype: torch.dtype = torch.float32, post_ops: bool = True) -> CTran:
     """Fold/fuse the backbone, store the convolution and linear weights in ``dtype`` and tabulate the
-    label tokens' first-layer projections (``CTran.freeze_label_projections``), in place."""
-    model.backbone = fuse_backbone(model.backbone, dtype)
+    label tokens' first-layer projections (``CTran.freeze_label_projections``), in place.
+
+    ``post_ops=False`` leaves ReLU and residual adds to be fused by someone else: torch.compile cannot
+    trace oneDNN's fused ops, and Inductor emits the same fusion itself.
+    """
+    model.backbone = fuse_backbone(model.backbone, dtype, post_ops)
     store_weights(model, dtype)
     device = model.label_embed.weight.device.type
     with torch.autocast(device, dtype, enabled=dtype != torch.float32):

@@ -47,7 +47,7 @@ def optimize_for_inference(
     if channels_last:
         model.to(memory_format=torch.channels_last)
     if fuse:
-        fuse_for_inference(model, DTYPES[precision])
+        fuse_for_inference(model, DTYPES[precision], post_ops=not compile)
     if compile:
         model.backbone.compile()
         model.encoder.compile()
