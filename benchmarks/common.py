@@ -18,6 +18,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -306,7 +307,9 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def write_report(path: Path, benchmark: str, machine: dict, rows: list[dict], **extra: object) -> Path:
-    """``{"benchmark", "machine", "rows", ...}`` as JSON (atomically)."""
+    """``{"benchmark", "machine", "rows", "command", ...}`` as JSON (atomically); ``command`` defaults to
+    this process's command line, so every result file says how it was made."""
+    extra.setdefault("command", "python " + " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]))
     return write_json(path, {"benchmark": benchmark, "machine": machine, "rows": rows, **extra})
 
 

@@ -2,9 +2,10 @@
 
 For each setting (input size, number of labels L, batch size) it builds our C-Tran (random weights; speed
 does not depend on them) and ``reference.ReferenceCTran`` holding the same weights. Each precision is run
-by both sides with the same switches: ``fp32`` (NCHW on both), ``bf16_cl`` (bf16 autocast and channels-last
-on both), ``fp32_cl`` with ``--full`` and ``bf16_cl_compiled`` (``torch.compile`` of both) with
-``--compile``. Ours is what ``ctran.load`` runs (``ctran.inference.performance.optimize_for_inference``).
+by both sides with the same switches: ``fp32`` (NCHW on both), ``fp32_cl`` (channels-last on both),
+``bf16_cl`` (bf16 autocast and channels-last on both), and ``bf16_cl_compiled`` (``torch.compile`` of
+both) with ``--compile``; ``--variants`` chooses. Ours is what ``ctran.load`` runs
+(``ctran.inference.performance.optimize_for_inference``).
 
 Before timing, each implementation runs once under the memory profiler on the same images and *mixed*
 label states (unknown, negative and positive), and the benchmark stops unless ours and the reference agree
@@ -69,8 +70,14 @@ DEMO_SHAPE = {"labels": 20, "backbone": "small_cnn", "dim": 128, "image_size": 4
 
 def parse_args(argv: list[str] | None = None):
     p = base_parser(__doc__, "inference")
-    p.add_argument("--full", action="store_true", help="also 448 x 448 and fp32 + channels-last on both")
+    p.add_argument("--full", action="store_true", help="also 448 x 448")
     p.add_argument("--compile", action="store_true", help="also torch.compile on both (30-45 s each)")
+    p.add_argument(
+        "--variants",
+        default="fp32,fp32_cl,bf16_cl",
+        help=f"comma-separated, from {', '.join(VARIANTS)} (with bf16, fp32 is run too: the gain needs it)",
+    )
+    p.add_argument("--no-digits", action="store_true", help="skip the digit-scenes rows and mAP check")
     p.add_argument(
         "--demo-checkpoint",
         type=Path,
@@ -80,14 +87,17 @@ def parse_args(argv: list[str] | None = None):
     return p.parse_args(argv)
 
 
-def variants_for(device: torch.device, full: bool, compile: bool, first: bool) -> list[Variant]:
-    """fp32 and bf16 + channels-last (where bf16 is in hardware); fp32 + channels-last with ``--full``;
-    the compiled bf16 variant on the first setting with ``--compile``."""
-    chosen = [VARIANTS["fp32"]] + ([VARIANTS["fp32_cl"]] if full else [])
-    if bf16_supported(device):
-        chosen.append(VARIANTS["bf16_cl"])
-        chosen += [COMPILED] if compile and first else []
-    return chosen
+def variants_for(device: torch.device, names: str, compile: bool, first: bool) -> list[Variant]:
+    """The ``names`` asked for (bf16 ones where bf16 is in hardware, and then fp32 too, for the precision
+    gain); the compiled bf16 variant on the first setting with ``--compile``."""
+    wanted = {n.strip() for n in names.split(",") if n.strip()}
+    wanted |= {"fp32"} if any(VARIANTS.get(n, Variant()).precision != "fp32" for n in wanted) else set()
+    unknown = wanted - set(VARIANTS)
+    if unknown:
+        raise SystemExit(f"unknown variants {sorted(unknown)} (choose from {', '.join(VARIANTS)})")
+    chosen = [v for name, v in VARIANTS.items() if name in wanted]
+    chosen = [v for v in chosen if v.precision == "fp32" or bf16_supported(device)]
+    return [*chosen, COMPILED] if compile and first and bf16_supported(device) else chosen
 
 
 def tolerance(variant: Variant) -> float:
@@ -129,7 +139,7 @@ def bench(
     per_s = {key: rates(t, len(images))["per_s"] for key, t in times.items()}
     rows = []
     for v in variants:
-        gain = v.precision != "fp32" and not v.compile
+        gain = v.precision != "fp32" and not v.compile and "ours_fp32" in per_s
         rows.append(
             contract_row(
                 f"{name}_{v.name}",
@@ -164,7 +174,7 @@ def paper_rows(settings: list, args, peaks: dict[str, float], device: torch.devi
         model = make_model(labels).to(device)
         images = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(1)).to(device)
         states = mixed_states(batch, labels, device=device)
-        variants = variants_for(device, args.full, args.compile, i == 0)
+        variants = variants_for(device, args.variants, args.compile, i == 0)
         budget = budget_from(args, 30.0)
         if not args.quick:
             budget = Budget(budget.seconds, least=HEADLINE_ROUNDS, fixed=budget.fixed)
@@ -189,7 +199,7 @@ def digits_rows(args, peaks: dict[str, float], device: torch.device) -> tuple[li
     size, labels = DEMO_SHAPE["image_size"], model.num_labels
     images = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(1)).to(device)
     states = mixed_states(batch, labels, device=device)
-    variants = variants_for(device, True, False, False)
+    variants = variants_for(device, "fp32,fp32_cl,bf16_cl", False, False)
     rows = bench(f"infer_digits_b{batch}", model, images, states, variants, peaks, budget_from(args, 10.0))
     check = None if payload is None or args.quick else digits_map_check(model, payload, device)
     return rows, check
@@ -216,8 +226,10 @@ def main(argv: list[str] | None = None) -> dict:
     peaks = machine_peaks(device, args.quick)
     settings = QUICK if args.quick else FULL if args.full else HEADLINE
     rows = paper_rows(settings, args, peaks, device)
-    digits, check = digits_rows(args, peaks, device)
-    rows += digits
+    check = None
+    if not args.no_digits:
+        digits, check = digits_rows(args, peaks, device)
+        rows += digits
     print(markdown_table(rows))
     peaks_gflops = {name: round(rate / 1e9, 1) for name, rate in peaks.items()}
     write_report(

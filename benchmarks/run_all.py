@@ -17,6 +17,7 @@ Run: ``.venv/bin/python benchmarks/run_all.py`` (see ``--help``).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -51,7 +52,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=ROOT / "runs/demo/ctran.pt",
         help="digit-scenes checkpoint for the mAP check (default: runs/demo/ctran.pt from `make demo`)",
     )
+    p.add_argument(
+        "--collect",
+        action="store_true",
+        help="run nothing: build latest.json/.png and the BENCHMARKS.md table from the results/<script>.json "
+        "files already written (each keeps the command that made it)",
+    )
+    p.add_argument(
+        "--extra-results",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="with --collect: more result files whose rows are added (e.g. a second inference run)",
+    )
     return p.parse_args(argv)
+
+
+MODULE_NAMES = ("peak", "inference", "recondition", "label_scaling", "training", "data_pipeline", "readout")
+
+
+def collect(paths: list[Path]) -> tuple[list[dict], dict | None, dict, list[str]]:
+    """Rows, the digits mAP check, the machine and the commands of already written result files."""
+    rows: list[dict] = []
+    check, machine, commands = None, {}, []
+    for path in paths:
+        report = json.loads(path.read_text())
+        rows += report["rows"] if report["benchmark"] != "peak" else []
+        check = report.get("digits_map_check") or check
+        machine = machine or report["machine"]
+        commands.append(report.get("command", f"(unknown command for {path.name})"))
+    return rows, check, machine, commands
 
 
 def sub_args(args: argparse.Namespace, name: str) -> list[str]:
@@ -198,13 +228,31 @@ def update_markdown(table: str, machine: dict, command: str, goals: list[dict]) 
     head, rest = text.split(MARKERS[0], 1)
     tail = rest.split(MARKERS[1], 1)[1]
     described = ", ".join(f"{k} {v}" for k, v in machine.items() if k != "matmul_peak_gflops")
-    lines = [f"Command: `{command}`", "", f"Machine: {described}.", "", table, "", "Targets:", ""]
+    command = command if command.startswith("`") else f"`{command}`"
+    lines = [f"Commands: {command}", "", f"Machine: {described}.", "", table, "", "Targets:", ""]
     lines += [f"- {g['target']}: goal {g['goal']}, measured {g['measured']}: {verdict(g)}" for g in goals]
     BENCHMARKS_MD.write_text(head + MARKERS[0] + "\n" + "\n".join(lines) + "\n" + MARKERS[1] + tail)
 
 
+def main_collect(args: argparse.Namespace) -> dict:
+    """``--collect``: the summary files from existing per-script results."""
+    paths = [RESULTS / f"{name}.json" for name in MODULE_NAMES] + list(args.extra_results)
+    rows, check, machine, commands = collect([p for p in paths if p.is_file()])
+    machine["matmul_peak_gflops"] = json.loads((RESULTS / "peak.json").read_text())["matmul_peak_gflops"]
+    goals = targets(rows, check)
+    write_report(RESULTS / "latest.json", "all", machine, rows, targets=goals, commands=commands)
+    plot(rows, RESULTS / "latest.png")
+    update_markdown(markdown_table(rows), machine, "; ".join(f"`{c}`" for c in commands), goals)
+    for goal in goals:
+        print(f"{verdict(goal)}: {goal['target']} ({goal['goal']}): {goal['measured']}")
+    print(f"wrote latest.json, latest.png and {BENCHMARKS_MD.name} from {len(commands)} result files")
+    return {"rows": rows, "targets": goals}
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    if args.collect:
+        return main_collect(args)
     device = setup(args)
     start = time.perf_counter()
     load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
