@@ -47,7 +47,7 @@ def _ops(call) -> set[str]:
     return {event.key for event in prof.key_averages()}
 
 
-CASES = [("resnet18", 64, 64), ("small_cnn", 32, 48)]
+CASES = [("resnet18", 64, 64), ("resnet26", 64, 64), ("small_cnn", 32, 48)]  # basic, bottleneck, stack
 
 
 @pytest.mark.parametrize(("backbone", "dim", "size"), CASES)
@@ -88,6 +88,24 @@ def test_nchw_keeps_its_layout_and_the_plain_convolution() -> None:
     model = optimize_for_inference(_model(), channels_last=False)
     ops = _ops(lambda: model.backbone(images))
     assert "mkldnn::_convolution_pointwise" not in ops and "aten::conv2d" in ops
+
+
+def test_nchw_bottlenecks_accumulate_their_last_convolution_into_the_shortcut() -> None:
+    images, _ = _inputs(64)
+    model = optimize_for_inference(_model("resnet26"), channels_last=False)
+    convs = sum(e.count for e in _profile(lambda: model.backbone(images)) if e.key == "aten::conv2d")
+    ops = _ops(lambda: model.backbone(images))
+    assert "aten::addmm_" in ops
+    assert convs == 1 + 8 * 2 + 4  # stem, two convolutions in each of 8 blocks, 4 downsamples: not conv3
+    with profile() as prof:  # where autograd needs the shortcut, it is not overwritten
+        model.backbone(images.requires_grad_()).sum().backward()
+    assert "aten::addmm_" not in {e.key for e in prof.key_averages()}
+
+
+def _profile(call) -> list:
+    with torch.inference_mode(), profile() as prof:
+        call()
+    return list(prof.key_averages())
 
 
 def test_bf16_weights_are_stored_once_and_give_autocast_results() -> None:

@@ -419,3 +419,23 @@ def test_baseline_ignores_states_and_has_target_outputs():
     assert torch.equal(b, plain)
     torch.testing.assert_close(split, plain, atol=1e-6, rtol=0)
     assert baseline.encode(images).shape == (3, 128)
+
+
+@pytest.mark.parametrize(("tokens", "keep", "cheaper"), [(40, 4, True), (12, 10, False)])
+def test_last_layer_maps_few_queries_into_token_space(tokens, keep, cheaper):
+    """Eval mode, few kept rows: the same outputs as projecting every token, with fewer FLOPs."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from ctran.model.transformer import Encoder
+
+    torch.manual_seed(0)
+    encoder = Encoder(dim=32, heads=4, layers=2, ffn_dim=32, dropout=0.0)
+    x = torch.randn(2, tokens, 32)
+    flops, outputs = {}, {}
+    for mode in ("train", "eval"):
+        getattr(encoder, mode)()  # dropout is 0: train mode computes the same function the plain way
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            outputs[mode], _ = encoder(x, keep=keep)
+        flops[mode] = counter.get_total_flops()
+    torch.testing.assert_close(outputs["eval"], outputs["train"], atol=1e-5, rtol=1e-5)
+    assert (flops["eval"] < flops["train"]) == cheaper
