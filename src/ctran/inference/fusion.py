@@ -188,9 +188,9 @@ class FusedBackbone(nn.Module):
     unfused modules would (their oneDNN kernels are not autocast-aware, so the cast is made here).
     """
 
-    def __init__(self, body: nn.Module, num_channels: int, dtype: torch.dtype) -> None:
+    def __init__(self, body: nn.Module, num_channels: int) -> None:
         super().__init__()
-        self.body, self.num_channels, self.dtype = body, num_channels, dtype
+        self.body, self.num_channels = body, num_channels
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.training:
@@ -198,7 +198,8 @@ class FusedBackbone(nn.Module):
                 "a fused backbone is for inference only (its BatchNorm is folded); call .eval()"
             )
         device = images.device.type
-        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else self.dtype
+        stored = next(self.body.buffers()).dtype  # follows .to(dtype)/.double() like any module
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else stored
         return self.body(images.to(dtype))  # the cast autocast makes before the first convolution
 
 
@@ -285,7 +286,7 @@ def fuse_backbone(
         body = _fuse_timm_resnet(backbone.body, dtype, post_ops)
     elif isinstance(backbone, SmallCNN):
         body = _fuse_stack(backbone.body, dtype, post_ops)
-    return backbone if body is None else FusedBackbone(body, backbone.num_channels, dtype).eval()
+    return backbone if body is None else FusedBackbone(body, backbone.num_channels).eval()
 
 
 def store_weights(model: CTran, dtype: torch.dtype) -> CTran:
