@@ -125,7 +125,7 @@ def targets(rows: list[dict], check: dict | None) -> list[dict]:
     out = []
     for labels in (80, 1000):
         for batch in (1, 8):
-            for variant in ("fp32", "bf16_cl"):
+            for variant in ("fp32", "fp32_cl", "bf16_cl"):
                 row = row_by(rows, f"infer_r101_576_L{labels}_b{batch}_{variant}")
                 what = f"inference 576, L={labels}, batch {batch}, {variant} on both: ours / reference"
                 if row is None:
@@ -133,6 +133,12 @@ def targets(rows: list[dict], check: dict | None) -> list[dict]:
                     continue
                 low, high = row["ratio_range"]
                 measured = f"{row['ratio']}x (rounds {low}-{high}, n={row['repeats']})"
+                if variant != "fp32" and (row["ref_peak_mb"] or 0) > 4 * (row["ours_peak_mb"] or 1):
+                    measured += (
+                        f"; the reference is in PyTorch's slow CPU bf16 batched-matmul path here (its peak "
+                        f"{row['ref_peak_mb']:.0f} MB vs {row['ours_peak_mb']:.0f} MB): see batch 1 for the "
+                        "implementations' own difference"
+                    )
                 out.append(target(what, f">= {SPEED_GOAL}x", measured, row["ratio"] >= SPEED_GOAL))
     if check:
         out.append(target("digit-scenes mAP, bf16 + channels-last vs fp32", "<= 0.2 points", check, None))
