@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench soak mutants clean venv
+.PHONY: demo test lint bench gpu-check soak mutants clean venv
 
 venv: $(STAMP)
 
@@ -32,6 +32,11 @@ lint: $(STAMP)
 # Every benchmark, ours vs the official formulation (about 10 min on 2 cores; uses runs/demo/ctran.pt if present).
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
+
+# On a CUDA machine: parity, inference, training, label scaling and a torchrun/NCCL run, in under 8 minutes;
+# writes benchmarks/results/gpu.json and gpu.md. Exits 2 with a message when no GPU is visible.
+gpu-check: $(STAMP)
+	$(BIN)/python benchmarks/gpu_check.py
 
 # 60 s of concurrent loopback clients against `ctran serve` with the demo checkpoint (run `make demo` first).
 soak: $(STAMP)

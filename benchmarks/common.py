@@ -1,8 +1,13 @@
 """What every benchmark script shares: the machine description, timing, peak memory, rows and tables.
 
 Timing alternates the implementations under test (A B C, C B A, ...) so that a change in clock speed or in
-the load of a shared machine hits all of them alike, and reports the median with the min/max spread. Peak
-memory is measured on a separate call of each implementation (the first one, which also warms it up).
+the load of a shared machine hits all of them alike, and reports the median with the min/max spread; the
+ratio of two implementations also comes with the range of its per-round values. Peak memory is measured on
+a separate call of each implementation (the first one, which also warms it up).
+
+The clock: on a CPU with one torch thread, ``--clock auto`` times each call by this process's CPU time
+(``time.process_time``), which a shared machine's other jobs do not inflate while they hold the core;
+otherwise (GPU, several threads) by wall time, waiting for the GPU. Each row says which it used.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -81,6 +87,30 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+_CLOCK = {"name": "wall"}
+CLOCKS = ("auto", "cpu", "wall")
+
+
+def use_clock(name: str, device: torch.device) -> str:
+    """Select the timing clock (see the module docstring); returns the one in use."""
+    if name not in CLOCKS:
+        raise ValueError(f"clock must be one of {CLOCKS}, got {name!r}")
+    if name == "auto":
+        name = "cpu" if device.type == "cpu" and torch.get_num_threads() == 1 else "wall"
+    if name == "cpu" and device.type != "cpu":
+        raise ValueError("the cpu clock cannot time GPU work; use --clock wall")
+    _CLOCK["name"] = name
+    return name
+
+
+def clock_name() -> str:
+    return _CLOCK["name"]
+
+
+def _now() -> float:
+    return time.process_time() if _CLOCK["name"] == "cpu" else time.perf_counter()
+
+
 # ------------------------------------------------------------------------------------------ peak memory
 
 
@@ -121,12 +151,12 @@ def run_with_peak(call: Call, device: torch.device) -> tuple[object, int]:
 
 
 def time_call(call: Call, device: torch.device) -> float:
-    """Wall time of one call in seconds, waiting for the GPU where there is one."""
+    """Seconds of one call on the selected clock, waiting for the GPU where there is one."""
     synchronize(device)
-    start = time.perf_counter()
+    start = _now()
     call()
     synchronize(device)
-    return time.perf_counter() - start
+    return _now() - start
 
 
 def time_interleaved(calls: dict[str, Call], repeats: int, device: torch.device) -> dict[str, list[float]]:
@@ -161,6 +191,12 @@ def budget_from(args: argparse.Namespace, seconds: float) -> Budget:
     return Budget(seconds, least=3, fixed=args.repeats)
 
 
+def ratio_range(ours_s: list[float], ref_s: list[float]) -> list[float]:
+    """Lowest and highest per-round speed ratio (ref time / ours time of the same interleaved round)."""
+    per_round = [r / o for o, r in zip(ours_s, ref_s, strict=False)]
+    return [_round(min(per_round)), _round(max(per_round))]
+
+
 def rates(samples: list[float] | None, items: int) -> dict:
     """Items per second: the median, and the spread over the samples (slowest, fastest)."""
     if not samples:
@@ -183,8 +219,9 @@ def contract_row(
     peak_flops: float | None = None,
     **details: object,
 ) -> dict:
-    """One row of ``latest.json``: ``ratio`` is ours/ref throughput; ``fraction_of_peak`` is the FLOP rate
-    ours achieved over this machine's measured matmul peak (``None`` where it does not apply)."""
+    """One row of ``latest.json``: ``ratio`` is ours/ref throughput (``ratio_range``: its per-round
+    extremes); ``fraction_of_peak`` is the FLOP rate ours achieved over this machine's measured matmul peak
+    (``None`` where it does not apply)."""
     ours, ref = rates(ours_s, items), rates(ref_s, items)
     achieved = flops_per_item * ours["per_s"] if flops_per_item else None
     return {
@@ -195,9 +232,11 @@ def contract_row(
         "ours_peak_mb": _mb(ours_peak),
         "ref_peak_mb": _mb(ref_peak),
         "fraction_of_peak": _round(achieved / peak_flops) if achieved and peak_flops else None,
+        "ratio_range": ratio_range(ours_s, ref_s) if ref_s else None,
         "ours_per_s_range": [_round(ours["per_s_min"]), _round(ours["per_s_max"])],
         "ref_per_s_range": [_round(ref["per_s_min"]), _round(ref["per_s_max"])] if ref_s else None,
         "repeats": len(ours_s),
+        "clock": clock_name(),
         "gflops_per_item": _round(flops_per_item / 1e9) if flops_per_item else None,
         **details,
     }
@@ -218,28 +257,59 @@ def _cell(value: object, spec: str = ".3g", suffix: str = "") -> str:
     return "n/a" if value is None else format(value, spec) + suffix
 
 
+def _ratio_cell(row: dict) -> str:
+    if row["ratio"] is None:
+        return "n/a"
+    spread = row.get("ratio_range")
+    return f"{row['ratio']:.2f}x" + (f" ({spread[0]:.2f}-{spread[1]:.2f})" if spread else "")
+
+
+def _ref_peak_cell(row: dict) -> str:
+    """The measured peak, or the estimate where the reference was not run, marked as such."""
+    if row["ref_peak_mb"] is None and row.get("ref_peak_mb_estimate") is not None:
+        return f"~{row['ref_peak_mb_estimate']:.0f} (estimate, not run)"
+    return _cell(row["ref_peak_mb"], ".1f")
+
+
+def _parity_cell(row: dict) -> str:
+    diff = row.get("max_abs_logit_diff_vs_ref", row.get("max_abs_prob_diff_vs_ref"))
+    return "n/a" if diff is None else f"{diff:.1e}"
+
+
 def markdown_table(rows: list[dict]) -> str:
-    """The contract columns, one line per row; "n/a" where a value does not apply or was not measured."""
+    """One line per row; "n/a" where a value does not apply or was not measured.
+
+    ``ours/ref`` compares the two at the row's numerics (``numerics``: precision and layout, the same on
+    both sides), with its per-round range; ``bf16 gain`` is ours in bf16 over ours in float32, measured in
+    the same interleaved rounds; ``parity`` is the max abs logit difference checked before timing.
+    """
     lines = [
-        "| name | ours/s | ref/s | ratio | ours peak MB | ref peak MB | fraction of peak |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| name | numerics (both) | ours/s | ref/s | ours/ref (range) | bf16 gain | parity | ours peak MB "
+        "| ref peak MB | fraction of peak | rounds |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         cells = [
             r["name"],
+            r.get("numerics", "fp32"),
             _cell(r["ours_per_s"]),
             _cell(r["ref_per_s"]),
-            _cell(r["ratio"], ".2f", "x"),
+            _ratio_cell(r),
+            _cell(r.get("precision_gain"), ".2f", "x"),
+            _parity_cell(r),
             _cell(r["ours_peak_mb"], ".1f"),
-            _cell(r["ref_peak_mb"], ".1f"),
+            _ref_peak_cell(r),
             _cell(r["fraction_of_peak"], ".1%"),
+            str(r["repeats"]),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def write_report(path: Path, benchmark: str, machine: dict, rows: list[dict], **extra: object) -> Path:
-    """``{"benchmark", "machine", "rows", ...}`` as JSON (atomically)."""
+    """``{"benchmark", "machine", "rows", "command", ...}`` as JSON (atomically); ``command`` defaults to
+    this process's command line, so every result file says how it was made."""
+    extra.setdefault("command", "python " + " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]))
     return write_json(path, {"benchmark": benchmark, "machine": machine, "rows": rows, **extra})
 
 
@@ -256,14 +326,23 @@ def base_parser(description: str, name: str) -> argparse.ArgumentParser:
         help="torch CPU threads (default: torch's own). On a shared machine whose other jobs hold cores, "
         "fewer threads avoid OpenMP barrier waits that can slow every op down many times",
     )
+    p.add_argument(
+        "--clock",
+        choices=CLOCKS,
+        default="auto",
+        help="what times a call: this process's CPU time (cpu; only with one CPU thread), wall time, or "
+        "auto (cpu on a CPU with --threads 1, else wall)",
+    )
     return p
 
 
 def setup(args: argparse.Namespace) -> torch.device:
-    """Apply ``--threads`` and return the device the benchmark runs on (CUDA when present)."""
+    """Apply ``--threads`` and ``--clock``; return the device the benchmark runs on (CUDA when present)."""
     if args.threads:
         torch.set_num_threads(args.threads)
-    return default_device()
+    device = default_device()
+    use_clock(getattr(args, "clock", "auto"), device)
+    return device
 
 
 # ------------------------------------------------------------------------------------------------ models
@@ -271,7 +350,7 @@ def setup(args: argparse.Namespace) -> torch.device:
 
 @dataclass(frozen=True)
 class Variant:
-    """One combination of the inference switches of ``ctran.inference.performance``."""
+    """Numerics and switches a row runs at, on both sides: precision, channels-last, torch.compile."""
 
     precision: str = "fp32"
     channels_last: bool = False
@@ -281,8 +360,16 @@ class Variant:
     def name(self) -> str:
         return self.precision + ("_cl" if self.channels_last else "") + ("_compiled" if self.compile else "")
 
+    @property
+    def numerics(self) -> str:
+        """How the row is described in tables: what both implementations ran with."""
+        parts = [self.precision if self.precision == "fp32" else f"{self.precision} autocast"]
+        parts += ["channels-last"] if self.channels_last else []
+        parts += ["compiled"] if self.compile else []
+        return " + ".join(parts)
 
-VARIANTS = {v.name: v for v in (Variant(), Variant("fp32", True), Variant("bf16"), Variant("bf16", True))}
+
+VARIANTS = {v.name: v for v in (Variant(), Variant("fp32", True), Variant("bf16", True))}
 COMPILED = Variant("bf16", True, True)
 
 
@@ -302,10 +389,34 @@ def make_model(labels: int, backbone: str = "resnet101", dim: int = 2048, seed: 
 
 
 def prepared(model: CTran, variant: Variant) -> CTran:
-    """``model`` itself for plain float32, else a copy with the variant's layout/compilation switches."""
+    """A copy of ``model`` as ``ctran.load`` runs it at ``variant``: ``optimize_for_inference`` (fusion
+    included) with the variant's precision and switches."""
+    return optimize_for_inference(
+        copy.deepcopy(model), variant.channels_last, variant.compile, variant.precision
+    ).eval()
+
+
+def reference_prepared(ref: nn.Module, variant: Variant) -> nn.Module:
+    """The reference with the same layout and compilation switches (its precision is the autocast of
+    ``forward``): ``ref`` itself when there are none."""
     if not (variant.channels_last or variant.compile):
-        return model
-    return optimize_for_inference(copy.deepcopy(model), variant.channels_last, variant.compile)
+        return ref
+    ref = copy.deepcopy(ref)
+    if variant.channels_last:
+        ref.to(memory_format=torch.channels_last)
+    if variant.compile:
+        ref.compile()
+    return ref
+
+
+def mixed_states(batch: int, labels: int, seed: int = 1, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(B, L) states drawn uniformly from unknown/negative/positive, so parity covers the state
+    embeddings; every state occurs (L >= 3)."""
+    generator = torch.Generator().manual_seed(seed)
+    states = torch.randint(-1, 2, (batch, labels), generator=generator)
+    if labels >= 3:
+        states[0, :3] = torch.tensor([-1, 0, 1])
+    return states.to(device)
 
 
 def forward(model: nn.Module, images: torch.Tensor, states: torch.Tensor, precision: str = "fp32") -> Call:

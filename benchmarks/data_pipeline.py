@@ -1,4 +1,4 @@
-"""Data pipeline: decoded + augmented images/s of the dataset readers with 0, 1, 2 workers, and decoders.
+"""Data pipeline: decoded + augmented images/s of the dataset readers with 0, 1, 2 workers.
 
 Readers: JPEG photos (640 x 480, like COCO's) read by ``ctran.data``'s CSV reader with the paper's training
 augmentation, through ``ctran.training.loaders.train_loader`` (persistent workers; the first epoch, which
@@ -6,9 +6,8 @@ starts them, is not timed), at the reduced size of the training benchmark (224, 
 (576, from 640). The 224 rows are compared with the rate at which a training step consumes images
 (``train_step_per_s``, from ``training.py``'s results): ``headroom`` > 1 means the loader keeps up.
 
-Decoders: one image decoded and transformed in the main process by PIL (``ctran.data.transforms.load_image``,
-what the readers and the official code use: the ``ref`` column) and by ``torchvision.io.decode_image`` (the
-``ours`` column), for 640 x 480 and 1600 x 1200 JPEGs; the outputs are checked identical.
+There is no reference column: the readers decode with PIL as the official code does. (An earlier version
+timed ``torchvision.io`` decoding against PIL; the package does not use it, so it is not benchmarked.)
 
 Run: ``.venv/bin/python benchmarks/data_pipeline.py`` (see ``--help``).
 """
@@ -20,23 +19,17 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-from torchvision.io import ImageReadMode, decode_image
-
 from common import (
     RESULTS,
     base_parser,
-    budget_from,
     contract_row,
     machine_info,
     markdown_table,
     setup,
-    time_interleaved,
     write_photo_dataset,
     write_report,
 )
 from ctran.data.registry import build_dataset
-from ctran.data.transforms import load_image, train_transform
 from ctran.training.distributed import DistContext
 from ctran.training.loaders import train_loader
 
@@ -80,35 +73,6 @@ def loader_rows(args, folder: Path) -> list[dict]:
     return rows
 
 
-def decode_rows(args, folder: Path, device: torch.device) -> list[dict]:
-    """PIL vs torchvision.io decoding + the paper's training transform, one image at a time."""
-    rows = []
-    for width, height in ((640, 480), (1600, 1200)):
-        photo = write_photo_dataset(folder / f"{width}", 1, labels=3, size=(width, height)) / "photo_0000.jpg"
-        transform = train_transform(576, 640, crop_sizes=(576,), flip=False)  # deterministic
-        calls = {
-            "pil": lambda p=photo, t=transform: t(load_image(p)),
-            "torchvision": lambda p=photo, t=transform: t(
-                decode_image(str(p), mode=ImageReadMode.RGB, apply_exif_orientation=True)
-            ),
-        }
-        outputs = {key: call() for key, call in calls.items()}
-        diff = (outputs["pil"] - outputs["torchvision"]).abs().max().item()
-        times = time_interleaved(calls, budget_from(args, 4.0).repeats(0.05), device)
-        rows.append(
-            contract_row(
-                f"decode_jpeg_{width}x{height}",
-                1,
-                times["torchvision"],
-                times["pil"],
-                ref_is="PIL (ctran.data.transforms.load_image)",
-                ours_is="torchvision.io.decode_image",
-                max_abs_pixel_diff=diff,
-            )
-        )
-    return rows
-
-
 def main(argv: list[str] | None = None) -> dict:
     p = base_parser(__doc__, "data_pipeline")
     p.add_argument("--images", type=int, default=64, help="JPEG photos per epoch (default: 64)")
@@ -122,7 +86,7 @@ def main(argv: list[str] | None = None) -> dict:
     device = setup(args)
     with tempfile.TemporaryDirectory() as tmp:
         folder = write_photo_dataset(Path(tmp) / "photos", 16 if args.quick else args.images, labels=80)
-        rows = loader_rows(args, folder) + decode_rows(args, Path(tmp), device)
+        rows = loader_rows(args, folder)
     print(markdown_table(rows))
     write_report(args.out, "data_pipeline", machine_info(device), rows)
     print(f"wrote {args.out}")

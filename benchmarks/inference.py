@@ -1,24 +1,29 @@
-"""Inference: images/s and peak memory of ours vs the official formulation, on the same weights.
+"""Inference: images/s and peak memory of ours vs the official formulation, same weights, same numerics.
 
 For each setting (input size, number of labels L, batch size) it builds our C-Tran (random weights; speed
-does not depend on them) and ``reference.ReferenceCTran`` holding the same weights, runs each once under the
-memory profiler, refuses to go on unless their float32 logits agree, then times forward passes of the
-reference and of each of our variants interleaved (median, min/max in the JSON). Our variants are the
-switches of ``ctran.inference.performance``: float32 (the reference's numerics), channels_last, bf16
-autocast, both, and ``torch.compile`` with ``--compile``. A bf16 variant's logits are checked against
-float32 within ``BF16_ATOL``.
+does not depend on them) and ``reference.ReferenceCTran`` holding the same weights. Each precision is run
+by both sides with the same switches: ``fp32`` (NCHW on both), ``fp32_cl`` (channels-last on both),
+``bf16_cl`` (bf16 autocast and channels-last on both), and ``bf16_cl_compiled`` (``torch.compile`` of
+both) with ``--compile``; ``--variants`` chooses. Ours is what ``ctran.load`` runs
+(``ctran.inference.performance.optimize_for_inference``).
 
-Settings: ResNet-101 at 576 x 576 (the paper's) and 448 x 448 with L = 80, 500, 1000 and batch 1 and 8 (the
-default run takes the subset in ``DEFAULT``; ``--full`` all of them), and the digit-scenes model (the demo
-checkpoint when given, batch 256). With ``--demo-checkpoint`` it also evaluates that model on the digit-scenes
-test split in float32 and in the fastest variant and reports both mAPs.
+Before timing, each implementation runs once under the memory profiler on the same images and *mixed*
+label states (unknown, negative and positive), and the benchmark stops unless ours and the reference agree
+at each precision (float32 within ``reference.PARITY_ATOL``, bf16 within ``BF16_ATOL``). Then every call of
+every precision, ours and the reference, is timed in interleaved rounds (at least ``HEADLINE_ROUNDS``), so
+each row's ratio (ours / reference at the same numerics) and the precision gain (ours bf16 / ours fp32)
+come from the same rounds; the JSON has the per-round range of each ratio.
 
-Run: ``.venv/bin/python benchmarks/inference.py`` (see ``--help``).
+Settings: the paper's ResNet-101 at 576 x 576 with L = 80 and 1000, batch 1 and 8 (``--full`` adds 448),
+and the digit-scenes model (the demo checkpoint when given, batch 256). With ``--demo-checkpoint`` it also
+evaluates that model on the digit-scenes test split in float32 and bf16 (as ``ctran.load`` runs them) and
+reports both mAPs.
+
+Run: ``.venv/bin/python benchmarks/inference.py --threads 1`` (see ``--help``).
 """
 
 from __future__ import annotations
 
-import copy
 import time
 from pathlib import Path
 
@@ -30,23 +35,24 @@ from common import (
     Budget,
     Variant,
     base_parser,
+    bf16_supported,
     budget_from,
     contract_row,
     forward,
     machine_info,
     make_model,
     markdown_table,
+    mixed_states,
     prepared,
     rates,
+    reference_prepared,
     run_with_peak,
     setup,
-    time_call,
     time_interleaved,
     write_report,
 )
 from ctran.checkpoint import load_checkpoint
 from ctran.config import config_from_dict
-from ctran.inference.performance import optimize_for_inference
 from ctran.model import CTran
 from ctran.training.evaluation import Setting, evaluate
 from ctran.training.loaders import eval_loader
@@ -54,17 +60,24 @@ from ctran.training.run import build_datasets
 from peak import count_flops, machine_peaks
 from reference import PARITY_ATOL, check_parity, reference_from
 
-BF16_ATOL = 0.1  # max abs logit difference of a bf16 variant from float32 (logits of order 1-10)
-DEFAULT = [(576, 80, 1), (576, 1000, 1), (576, 80, 8), (448, 80, 1)]
-FULL = [(size, labels, batch) for size in (576, 448) for labels in (80, 500, 1000) for batch in (1, 8)]
-QUICK = [(448, 80, 1)]
+BF16_ATOL = 0.1  # max abs logit difference between ours and the reference, both in bf16 (logits ~1-10)
+HEADLINE_ROUNDS = 5
+HEADLINE = [(576, 80, 1), (576, 1000, 1), (576, 80, 8), (576, 1000, 8)]
+FULL = HEADLINE + [(448, labels, batch) for labels in (80, 1000) for batch in (1, 8)]
+QUICK = [(224, 80, 1)]
 DEMO_SHAPE = {"labels": 20, "backbone": "small_cnn", "dim": 128, "image_size": 48}
 
 
 def parse_args(argv: list[str] | None = None):
     p = base_parser(__doc__, "inference")
-    p.add_argument("--full", action="store_true", help="every size x L x batch setting (about 3x longer)")
-    p.add_argument("--compile", action="store_true", help="also time torch.compile (30-45 s to compile)")
+    p.add_argument("--full", action="store_true", help="also 448 x 448")
+    p.add_argument("--compile", action="store_true", help="also torch.compile on both (30-45 s each)")
+    p.add_argument(
+        "--variants",
+        default="fp32,fp32_cl,bf16_cl",
+        help=f"comma-separated, from {', '.join(VARIANTS)} (with bf16, fp32 is run too: the gain needs it)",
+    )
+    p.add_argument("--no-digits", action="store_true", help="skip the digit-scenes rows and mAP check")
     p.add_argument(
         "--demo-checkpoint",
         type=Path,
@@ -74,10 +87,22 @@ def parse_args(argv: list[str] | None = None):
     return p.parse_args(argv)
 
 
-def variants_for(first: bool, quick: bool, compile: bool) -> list[Variant]:
-    """Every switch alone and combined on the first setting; float32 and the fastest elsewhere."""
-    chosen = list(VARIANTS.values()) if first and not quick else [VARIANTS["fp32"], VARIANTS["bf16_cl"]]
-    return [*chosen, COMPILED] if first and compile else chosen
+def variants_for(device: torch.device, names: str, compile: bool, first: bool) -> list[Variant]:
+    """The ``names`` asked for (bf16 ones where bf16 is in hardware, and then fp32 too, for the precision
+    gain); the compiled bf16 variant on the first setting with ``--compile``."""
+    wanted = {n.strip() for n in names.split(",") if n.strip()}
+    wanted |= {"fp32"} if any(VARIANTS.get(n, Variant()).precision != "fp32" for n in wanted) else set()
+    unknown = wanted - set(VARIANTS)
+    if unknown:
+        raise SystemExit(f"unknown variants {sorted(unknown)} (choose from {', '.join(VARIANTS)})")
+    chosen = [v for name, v in VARIANTS.items() if name in wanted]
+    chosen = [v for v in chosen if v.precision == "fp32" or bf16_supported(device)]
+    return [*chosen, COMPILED] if compile and first and bf16_supported(device) else chosen
+
+
+def tolerance(variant: Variant) -> float:
+    """Allowed max abs logit difference between ours and the reference at ``variant``'s precision."""
+    return PARITY_ATOL if variant.precision == "fp32" else BF16_ATOL
 
 
 def bench(
@@ -92,46 +117,54 @@ def bench(
     """Peak memory and parity on a first call of each, then interleaved timing; one row per variant."""
     device = images.device
     ref = reference_from(model)
-    calls = {"ref": forward(ref, images, states)}
-    calls |= {v.name: forward(prepared(model, v), images, states, v.precision) for v in variants}
-    compile_s = {v.name: time_call(calls[v.name], device) for v in variants if v.compile}
+    calls = {}
+    for v in variants:
+        calls[f"ours_{v.name}"] = forward(prepared(model, v), images, states, v.precision)
+        calls[f"ref_{v.name}"] = forward(reference_prepared(ref, v), images, states, v.precision)
     outputs, memory = {}, {}
     start = time.perf_counter()
     for key, call in calls.items():
-        outputs[key], memory[key] = run_with_peak(call, device)
-    repeats = budget.repeats(time.perf_counter() - start)
+        outputs[key], memory[key] = run_with_peak(call, device)  # compiles the compiled variants
+    repeats = budget.repeats((time.perf_counter() - start) / 2)
     diffs = {
-        v.name: check_parity(outputs[v.name], outputs["ref"], f"{name} {v.name}", tolerance(v))
-        for v in variants
-    }
-    flops = count_flops(forward(model, images[:1], states[:1]))  # per image, whatever the batch
-    ref_flops = count_flops(forward(ref, images[:1], states[:1]))
-    times = time_interleaved(calls, repeats, device)
-    ref_rate = rates(times["ref"], len(images))["per_s"]
-    return [
-        contract_row(
-            f"{name}_{v.name}",
-            len(images),
-            times[v.name],
-            times["ref"],
-            memory[v.name],
-            memory["ref"],
-            flops,
-            peaks.get(v.precision),
-            variant=v.name,
-            max_abs_logit_diff_vs_ref=diffs[v.name],
-            logit_tolerance=tolerance(v),
-            ref_gflops_per_item=round(ref_flops / 1e9, 2),
-            ref_fraction_of_peak=round(ref_flops * ref_rate / peaks["fp32"], 4),
-            **({"compile_s": round(compile_s[v.name], 1)} if v.compile else {}),
+        v.name: check_parity(
+            outputs[f"ours_{v.name}"], outputs[f"ref_{v.name}"], f"{name} {v.name}", tolerance(v)
         )
         for v in variants
-    ]
-
-
-def tolerance(variant: Variant) -> float:
-    """Allowed max abs logit difference from the float32 reference."""
-    return BF16_ATOL if variant.precision == "bf16" else PARITY_ATOL
+    }
+    fp32_ref = outputs["ref_fp32"].float()
+    flops = count_flops(forward(prepared(model, Variant()), images[:1], states[:1]))  # per image, as run
+    ref_flops = count_flops(forward(ref, images[:1], states[:1]))
+    times = time_interleaved(calls, repeats, device)
+    per_s = {key: rates(t, len(images))["per_s"] for key, t in times.items()}
+    rows = []
+    for v in variants:
+        gain = v.precision != "fp32" and not v.compile and "ours_fp32" in per_s
+        rows.append(
+            contract_row(
+                f"{name}_{v.name}",
+                len(images),
+                times[f"ours_{v.name}"],
+                times[f"ref_{v.name}"],
+                memory[f"ours_{v.name}"],
+                memory[f"ref_{v.name}"],
+                flops,
+                peaks.get(v.precision),
+                numerics=v.numerics,
+                variant=v.name,
+                precision_gain=round(per_s[f"ours_{v.name}"] / per_s["ours_fp32"], 3) if gain else None,
+                ref_precision_gain=round(per_s[f"ref_{v.name}"] / per_s["ref_fp32"], 3) if gain else None,
+                max_abs_logit_diff_vs_ref=diffs[v.name],
+                max_abs_logit_diff_vs_fp32_ref=round(
+                    (outputs[f"ours_{v.name}"].float() - fp32_ref).abs().max().item(), 5
+                ),
+                logit_tolerance=tolerance(v),
+                states="mixed unknown/negative/positive",
+                ref_gflops_per_item=round(ref_flops / 1e9, 2),
+                ref_fraction_of_peak=round(ref_flops * per_s[f"ref_{v.name}"] / peaks[v.precision], 4),
+            )
+        )
+    return rows
 
 
 def paper_rows(settings: list, args, peaks: dict[str, float], device: torch.device) -> list[dict]:
@@ -139,12 +172,13 @@ def paper_rows(settings: list, args, peaks: dict[str, float], device: torch.devi
     rows = []
     for i, (size, labels, batch) in enumerate(settings):
         model = make_model(labels).to(device)
-        torch.manual_seed(1)
-        images = torch.randn(batch, 3, size, size, device=device)
-        states = torch.full((batch, labels), -1, device=device)
-        variants = variants_for(i == 0, args.quick, args.compile)
-        name = f"infer_r101_{size}_L{labels}_b{batch}"
-        rows += bench(name, model, images, states, variants, peaks, budget_from(args, 20.0))
+        images = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(1)).to(device)
+        states = mixed_states(batch, labels, device=device)
+        variants = variants_for(device, args.variants, args.compile, i == 0)
+        budget = budget_from(args, 30.0)
+        if not args.quick:
+            budget = Budget(budget.seconds, least=HEADLINE_ROUNDS, fixed=budget.fixed)
+        rows += bench(f"infer_r101_{size}_L{labels}_b{batch}", model, images, states, variants, peaks, budget)
         print(markdown_table(rows[-len(variants) :]).split("\n", 2)[2], flush=True)
     return rows
 
@@ -163,26 +197,26 @@ def digits_rows(args, peaks: dict[str, float], device: torch.device) -> tuple[li
     model, payload = demo_model(args.demo_checkpoint, device)
     batch = 64 if args.quick else 256
     size, labels = DEMO_SHAPE["image_size"], model.num_labels
-    torch.manual_seed(1)
-    images = torch.randn(batch, 3, size, size, device=device)
-    states = torch.full((batch, labels), -1, device=device)
-    variants = [VARIANTS["fp32"], VARIANTS["fp32_cl"], VARIANTS["bf16_cl"]]
+    images = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(1)).to(device)
+    states = mixed_states(batch, labels, device=device)
+    variants = variants_for(device, "fp32,fp32_cl,bf16_cl", False, False)
     rows = bench(f"infer_digits_b{batch}", model, images, states, variants, peaks, budget_from(args, 10.0))
     check = None if payload is None or args.quick else digits_map_check(model, payload, device)
     return rows, check
 
 
 def digits_map_check(model: CTran, payload: dict, device: torch.device) -> dict:
-    """Test-split mAP (regular inference) in float32 and in bf16 + channels_last, same weights."""
+    """Test-split mAP (regular inference) in float32 and in bf16 + channels-last, as ``ctran.load`` runs
+    each (same weights)."""
     config = config_from_dict(payload["config"])
     test = build_datasets(config)["test"]
     loader = eval_loader(test, config.eval.batch_size)
-    fast = optimize_for_inference(copy.deepcopy(model), channels_last=True)
-    fp32 = evaluate(model, loader, [Setting()], config.seed, device, "fp32")["regular"]["mAP"]
-    bf16 = evaluate(fast, loader, [Setting()], config.seed, device, "bf16")["regular"]["mAP"]
-    result = {"images": len(test), "map_fp32": round(fp32, 3), "map_bf16_cl": round(bf16, 3)}
-    result["map_difference"] = round(abs(fp32 - bf16), 3)
-    print(f"digit-scenes test mAP: fp32 {fp32:.3f}, bf16 + channels_last {bf16:.3f}")
+    result: dict = {"images": len(test)}
+    for v in (VARIANTS["fp32"], VARIANTS["bf16_cl"]):
+        scores = evaluate(prepared(model, v), loader, [Setting()], config.seed, device, v.precision)
+        result[f"map_{v.name}"] = round(scores["regular"]["mAP"], 3)
+    result["map_difference"] = round(abs(result["map_fp32"] - result["map_bf16_cl"]), 3)
+    print(f"digit-scenes test mAP: fp32 {result['map_fp32']}, bf16 + channels-last {result['map_bf16_cl']}")
     return result
 
 
@@ -190,10 +224,12 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     device = setup(args)
     peaks = machine_peaks(device, args.quick)
-    settings = QUICK if args.quick else FULL if args.full else DEFAULT
+    settings = QUICK if args.quick else FULL if args.full else HEADLINE
     rows = paper_rows(settings, args, peaks, device)
-    digits, check = digits_rows(args, peaks, device)
-    rows += digits
+    check = None
+    if not args.no_digits:
+        digits, check = digits_rows(args, peaks, device)
+        rows += digits
     print(markdown_table(rows))
     peaks_gflops = {name: round(rate / 1e9, 1) for name, rate in peaks.items()}
     write_report(

@@ -2,15 +2,18 @@
 
 The backbone is fixed and small (the digit-scenes model: small CNN at 48 x 48, 36 image tokens, D = 128,
 3 layers, 4 heads), so the cost that grows with L dominates: the transformer over 36 + L tokens and the
-readout. Batch 8, float32, same weights, logits checked equal before timing.
+readout. Batch 8 (and batch 1 at the largest L, where the reference fits in memory), float32, same
+weights, logits checked equal on mixed unknown/negative/positive states before timing. Ours is what
+``ctran.load`` runs; its table of the label tokens' first-layer projections (9 L D values, held like a
+weight) is reported as ``label_table_mb``, apart from the per-call peak.
 
 Ours must never materialise a (B, L, L) tensor: its fused attention keeps no (B, heads, N, N) scores and its
 readout is O(L * D). The script checks it (where one (B, L, L) float32 tensor would take 256 MiB or more,
 ours' whole peak must stay below that) and stops otherwise. The reference builds the (B, heads, N, N)
 scores, their softmax and the averaged weights of every layer (kept, as the official forward returns them),
 and the (B, L, L) readout product: ``reference_bytes`` estimates that memory. It is run only where the
-estimate fits ``--ref-max-gib``; above, the row records the estimate (compare it with the measured peaks of
-the smaller L) and the reason in ``ref_failed``.
+estimate fits ``--ref-max-gib``; above, the row records the estimate (``ref_peak_mb_estimate``; tables mark
+it "estimate, not run", and it never counts as a measurement) and the reason in ``ref_failed``.
 
 Run: ``.venv/bin/python benchmarks/label_scaling.py`` (see ``--help``).
 """
@@ -22,6 +25,7 @@ import time
 import torch
 
 from common import (
+    Variant,
     base_parser,
     budget_from,
     contract_row,
@@ -30,6 +34,8 @@ from common import (
     make_model,
     markdown_table,
     memory_gib,
+    mixed_states,
+    prepared,
     run_with_peak,
     setup,
     time_interleaved,
@@ -53,6 +59,11 @@ def parse_args(argv: list[str] | None = None):
     p = base_parser(__doc__, "label_scaling")
     p.add_argument("--labels", default="80,300,1000,3000,10000", help="comma-separated label counts L")
     p.add_argument(
+        "--batch-1-labels",
+        default="10000",
+        help="label counts also run at batch 1, where the reference's memory fits (default: 10000)",
+    )
+    p.add_argument(
         "--ref-max-gib",
         type=float,
         default=6.0,
@@ -61,18 +72,28 @@ def parse_args(argv: list[str] | None = None):
     return p.parse_args(argv)
 
 
-def bench_labels(labels: int, args, peaks: dict[str, float], device: torch.device) -> dict:
-    """One row: per-image time and peak memory at ``labels`` labels, batch 8."""
+def bench_labels(
+    labels: int, args, peaks: dict[str, float], device: torch.device, batch: int = BATCH
+) -> dict:
+    """One row: per-image time and peak memory at ``labels`` labels and ``batch`` images."""
     model = make_model(labels, backbone="small_cnn", dim=DIM).to(device)
-    torch.manual_seed(1)
-    images = torch.randn(BATCH, 3, IMAGE_SIZE, IMAGE_SIZE, device=device)
-    states = torch.full((BATCH, labels), -1, device=device)
-    calls = {"ours": forward(model, images, states)}
-    estimate = reference_bytes(BATCH, labels)
-    details: dict = {"labels": labels, "batch": BATCH, "ref_peak_mb_estimate": round(estimate / 1e6, 1)}
+    images = torch.randn(batch, 3, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(1)).to(
+        device
+    )
+    states = mixed_states(batch, labels, device=device)
+    ours = prepared(model, Variant())
+    calls = {"ours": forward(ours, images, states)}
+    estimate = reference_bytes(batch, labels)
+    details: dict = {
+        "labels": labels,
+        "batch": batch,
+        "numerics": "fp32",
+        "ref_peak_mb_estimate": round(estimate / 1e6, 1),
+        "states": "mixed unknown/negative/positive",
+    }
     start = time.perf_counter()
     ours_out, ours_peak = run_with_peak(calls["ours"], device)
-    product = 4 * BATCH * labels * labels
+    product = 4 * batch * labels * labels
     if product >= CHECKED_PRODUCT_BYTES and ours_peak >= product:
         raise RuntimeError(f"L={labels}: ours peaked at {ours_peak / 1e6:.0f} MB, a (B, L, L) tensor's size")
     ref_peak = None
@@ -88,8 +109,8 @@ def bench_labels(labels: int, args, peaks: dict[str, float], device: torch.devic
         )
     times = time_interleaved(calls, budget_from(args, 20.0).repeats(time.perf_counter() - start), device)
     return contract_row(
-        f"labels_{labels}_b{BATCH}",
-        BATCH,
+        f"labels_{labels}_b{batch}",
+        batch,
         times["ours"],
         times.get("ref"),
         ours_peak,
@@ -106,8 +127,11 @@ def main(argv: list[str] | None = None) -> dict:
     peaks = machine_peaks(device, args.quick)
     labels = [80, 1000] if args.quick else [int(x) for x in args.labels.split(",")]
     rows = []
-    for count in labels:
-        rows.append(bench_labels(count, args, peaks, device))
+    runs = [(count, BATCH) for count in labels]
+    if not args.quick:
+        runs += [(int(x), 1) for x in args.batch_1_labels.split(",") if x.strip()]
+    for count, batch in runs:
+        rows.append(bench_labels(count, args, peaks, device, batch))
         print(markdown_table(rows[-1:]).split("\n", 2)[2], flush=True)
     print(markdown_table(rows))
     for row in rows:

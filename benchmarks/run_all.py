@@ -17,6 +17,7 @@ Run: ``.venv/bin/python benchmarks/run_all.py`` (see ``--help``).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -29,7 +30,7 @@ import peak
 import readout
 import recondition
 import training
-from common import RESULTS, machine_info, markdown_table, setup, write_report
+from common import CLOCKS, RESULTS, clock_name, machine_info, markdown_table, setup, write_report
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS_MD = ROOT / "BENCHMARKS.md"
@@ -43,12 +44,44 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--compile", action="store_true", help="also time torch.compile (30-45 s to compile)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own)")
     p.add_argument(
+        "--clock", choices=CLOCKS, default="auto", help="cpu, wall, or auto: cpu time with one CPU thread"
+    )
+    p.add_argument(
         "--demo-checkpoint",
         type=Path,
         default=ROOT / "runs/demo/ctran.pt",
         help="digit-scenes checkpoint for the mAP check (default: runs/demo/ctran.pt from `make demo`)",
     )
+    p.add_argument(
+        "--collect",
+        action="store_true",
+        help="run nothing: build latest.json/.png and the BENCHMARKS.md table from the results/<script>.json "
+        "files already written (each keeps the command that made it)",
+    )
+    p.add_argument(
+        "--extra-results",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="with --collect: more result files whose rows are added (e.g. a second inference run)",
+    )
     return p.parse_args(argv)
+
+
+MODULE_NAMES = ("peak", "inference", "recondition", "label_scaling", "training", "data_pipeline", "readout")
+
+
+def collect(paths: list[Path]) -> tuple[list[dict], dict | None, dict, list[str]]:
+    """Rows, the digits mAP check, the machine and the commands of already written result files."""
+    rows: list[dict] = []
+    check, machine, commands = None, {}, []
+    for path in paths:
+        report = json.loads(path.read_text())
+        rows += report["rows"] if report["benchmark"] != "peak" else []
+        check = report.get("digits_map_check") or check
+        machine = machine or report["machine"]
+        commands.append(report.get("command", f"(unknown command for {path.name})"))
+    return rows, check, machine, commands
 
 
 def sub_args(args: argparse.Namespace, name: str) -> list[str]:
@@ -57,6 +90,7 @@ def sub_args(args: argparse.Namespace, name: str) -> list[str]:
     argv = ["--out", str(RESULTS / f"{prefix}{name}.json")]
     argv += ["--quick"] if args.quick else []
     argv += ["--threads", str(args.threads)] if args.threads else []
+    argv += ["--clock", args.clock] if name != "peak" else []
     if name == "inference":
         argv += ["--demo-checkpoint", str(args.demo_checkpoint)]
         argv += ["--full"] if args.full else []
@@ -72,31 +106,55 @@ def row_by(rows: list[dict], name: str) -> dict | None:
     return next((r for r in rows if r["name"] == name), None)
 
 
-def target(what: str, goal: str, measured: object, met: bool | None) -> dict:
-    return {"target": what, "goal": goal, "measured": measured, "met": met}
+SPEED_GOAL = 1.15  # ours / reference at the paper's setting, same numerics
+
+
+def target(what: str, goal: str, measured: object, met: bool | None, estimate: bool = False) -> dict:
+    """``met`` is None where nothing was measured; an ``estimate`` is shown but never counts as met."""
+    return {
+        "target": what,
+        "goal": goal,
+        "measured": measured,
+        "met": None if estimate else met,
+        "estimate": estimate,
+    }
 
 
 def targets(rows: list[dict], check: dict | None) -> list[dict]:
-    """The issue's acceptance targets against the measured rows (``met`` is None where not measured)."""
+    """The acceptance targets against the measured rows."""
     out = []
     for labels in (80, 1000):
-        for variant, goal in (("fp32", 1.0), ("bf16_cl", 2.0)):
-            row = row_by(rows, f"infer_r101_576_L{labels}_b1_{variant}")
-            ratio = row["ratio"] if row else None
-            what = f"inference 576, L={labels}, batch 1, {variant} vs reference"
-            out.append(target(what, f">= {goal}x", ratio, None if ratio is None else ratio >= goal))
+        for batch in (1, 8):
+            for variant in ("fp32", "fp32_cl", "bf16_cl"):
+                row = row_by(rows, f"infer_r101_576_L{labels}_b{batch}_{variant}")
+                what = f"inference 576, L={labels}, batch {batch}, {variant} on both: ours / reference"
+                if row is None:
+                    out.append(target(what, f">= {SPEED_GOAL}x", None, None))
+                    continue
+                low, high = row["ratio_range"]
+                measured = f"{row['ratio']}x (rounds {low}-{high}, n={row['repeats']})"
+                if variant != "fp32" and (row["ref_peak_mb"] or 0) > 4 * (row["ours_peak_mb"] or 1):
+                    measured += (
+                        f"; the reference is in PyTorch's slow CPU bf16 batched-matmul path here (its peak "
+                        f"{row['ref_peak_mb']:.0f} MB vs {row['ours_peak_mb']:.0f} MB): see batch 1 for the "
+                        "implementations' own difference"
+                    )
+                out.append(target(what, f">= {SPEED_GOAL}x", measured, row["ratio"] >= SPEED_GOAL))
     if check:
-        out.append(target("digit-scenes mAP, bf16 + channels_last vs fp32", "<= 0.2 points", check, None))
+        out.append(target("digit-scenes mAP, bf16 + channels-last vs fp32", "<= 0.2 points", check, None))
         out[-1]["met"] = check["map_difference"] <= 0.2
-    row = row_by(rows, "labels_10000_b8")
-    if row:
-        failed = row.get("ref_failed")
-        ratio = row["ref_peak_mb"] / row["ours_peak_mb"] if row["ref_peak_mb"] else None
-        measured = failed or ratio
-        met = bool(failed) or (ratio is not None and ratio >= 5)
-        out.append(
-            target("peak memory, L=10000, batch 8: reference / ours", ">= 5x or ref fails", measured, met)
-        )
+    for batch in (1, 8):
+        row = row_by(rows, f"labels_10000_b{batch}")
+        if row is None:
+            continue
+        what = f"peak memory, L=10000, batch {batch}: reference / ours"
+        if row["ref_peak_mb"]:
+            ratio = round(row["ref_peak_mb"] / row["ours_peak_mb"], 1)
+            out.append(target(what, ">= 5x", f"{ratio}x (measured)", ratio >= 5))
+        else:
+            ratio = round(row["ref_peak_mb_estimate"] / row["ours_peak_mb"], 1)
+            measured = f"about {ratio}x from the reference's estimated peak ({row['ref_failed']})"
+            out.append(target(what, ">= 5x", measured, None, estimate=True))
     for row in rows:
         if row["name"].startswith("partial_sweep"):
             speedup = row["speedup_vs_ours_four_passes"]
@@ -111,8 +169,10 @@ def targets(rows: list[dict], check: dict | None) -> list[dict]:
     return out
 
 
-def verdict(met: bool | None) -> str:
-    return "not measured" if met is None else "met" if met else "NOT met"
+def verdict(goal: dict) -> str:
+    if goal.get("estimate"):
+        return "estimate only, not counted"
+    return "not measured" if goal["met"] is None else "met" if goal["met"] else "NOT met"
 
 
 def plot(rows: list[dict], path: Path) -> Path:
@@ -123,7 +183,8 @@ def plot(rows: list[dict], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     rated = [r for r in rows if r["ratio"]]
-    scaling = sorted((r for r in rows if r["name"].startswith("labels_")), key=lambda r: r["labels"])
+    scaling = [r for r in rows if r["name"].startswith("labels_") and r["batch"] == 8]
+    scaling.sort(key=lambda r: r["labels"])
     fig, (bars, lines) = plt.subplots(1, 2, figsize=(14, max(4.5, 0.28 * len(rated))), width_ratios=(3, 2))
     names = [r["name"] for r in rated]
     bars.barh(
@@ -146,7 +207,9 @@ def plot(rows: list[dict], path: Path) -> Path:
         memory.loglog(
             labels, [r["ours_peak_mb"] for r in scaling], "o-", color="tab:green", label="ours: peak MB"
         )
-        known = [(r["labels"], r["ref_peak_mb"] or r["ref_peak_mb_estimate"]) for r in scaling]
+        known = [
+            (r["labels"], r["ref_peak_mb"] or r["ref_peak_mb_estimate"]) for r in scaling
+        ]  # est. if not run
         memory.loglog(
             *zip(*known, strict=True), "s--", color="tab:red", label="reference: peak MB (est. if not run)"
         )
@@ -171,15 +234,31 @@ def update_markdown(table: str, machine: dict, command: str, goals: list[dict]) 
     head, rest = text.split(MARKERS[0], 1)
     tail = rest.split(MARKERS[1], 1)[1]
     described = ", ".join(f"{k} {v}" for k, v in machine.items() if k != "matmul_peak_gflops")
-    lines = [f"Command: `{command}`", "", f"Machine: {described}.", "", table, "", "Targets:", ""]
-    lines += [
-        f"- {g['target']}: goal {g['goal']}, measured {g['measured']}: {verdict(g['met'])}" for g in goals
-    ]
+    command = command if command.startswith("`") else f"`{command}`"
+    lines = [f"Commands: {command}", "", f"Machine: {described}.", "", table, "", "Targets:", ""]
+    lines += [f"- {g['target']}: goal {g['goal']}, measured {g['measured']}: {verdict(g)}" for g in goals]
     BENCHMARKS_MD.write_text(head + MARKERS[0] + "\n" + "\n".join(lines) + "\n" + MARKERS[1] + tail)
+
+
+def main_collect(args: argparse.Namespace) -> dict:
+    """``--collect``: the summary files from existing per-script results."""
+    paths = [RESULTS / f"{name}.json" for name in MODULE_NAMES] + list(args.extra_results)
+    rows, check, machine, commands = collect([p for p in paths if p.is_file()])
+    machine["matmul_peak_gflops"] = json.loads((RESULTS / "peak.json").read_text())["matmul_peak_gflops"]
+    goals = targets(rows, check)
+    write_report(RESULTS / "latest.json", "all", machine, rows, targets=goals, commands=commands)
+    plot(rows, RESULTS / "latest.png")
+    update_markdown(markdown_table(rows), machine, "; ".join(f"`{c}`" for c in commands), goals)
+    for goal in goals:
+        print(f"{verdict(goal)}: {goal['target']} ({goal['goal']}): {goal['measured']}")
+    print(f"wrote latest.json, latest.png and {BENCHMARKS_MD.name} from {len(commands)} result files")
+    return {"rows": rows, "targets": goals}
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    if args.collect:
+        return main_collect(args)
     device = setup(args)
     start = time.perf_counter()
     load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
@@ -194,6 +273,7 @@ def main(argv: list[str] | None = None) -> dict:
         check = result.get("digits_map_check", check)
     machine = machine_info(device)
     machine["load_average_1min_at_start"] = round(load_before, 2) if load_before is not None else None
+    machine["clock"] = clock_name()
     machine["matmul_peak_gflops"] = {
         k: round(v / 1e9, 1) for k, v in peak.machine_peaks(device, args.quick).items()
     }
@@ -214,7 +294,7 @@ def main(argv: list[str] | None = None) -> dict:
     table = markdown_table(rows)
     print(table)
     for goal in goals:
-        print(f"{verdict(goal['met'])}: {goal['target']} ({goal['goal']}): {goal['measured']}")
+        print(f"{verdict(goal)}: {goal['target']} ({goal['goal']}): {goal['measured']}")
     if not args.quick:
         update_markdown(table, machine, command.strip(), goals)
     print(f"wrote {RESULTS / prefix}.json and .png in {seconds} s")

@@ -1,10 +1,12 @@
 """Training: images/s of one training step (forward, backward, AdamW), ours vs the reference.
 
 A step is what ``ctran.training.trainer`` does per batch: Label Mask Training states, the forward pass in
-train mode (dropout on), BCE on the unknown labels averaged over them, backward, an AdamW update. Ours runs
-in float32 and with bf16 autocast (the trainer's ``precision=bf16``, chosen by ``auto`` on CPUs with
-AVX512-BF16); the reference in float32. Both start from the same weights, checked to give the same logits
-in eval mode before timing, and each has its own optimiser. Models:
+train mode (dropout on), BCE on the unknown labels averaged over them, backward, an AdamW update. Each
+precision runs on both sides: float32, and bf16 autocast (the trainer's ``precision=bf16``, chosen by
+``auto`` on CPUs with AVX512-BF16) where the hardware has it. Both start from the same weights, checked to
+give the same logits in eval mode on mixed unknown/negative/positive states before timing, and each has
+its own optimiser; all four steps are timed in the same interleaved rounds, so the row's ratio (ours /
+reference, same precision) and the precision gain (ours bf16 / ours fp32) come from the same rounds. Models:
 
 - the digit-scenes model (small CNN at 48 x 48, D = 128, L = 20), batch 64 (the demo's);
 - ResNet-101 at a reduced 224 x 224 (49 image tokens, D = 2048, L = 80), batch 4.
@@ -23,6 +25,7 @@ import torch
 from torch import nn
 
 from common import (
+    Variant,
     base_parser,
     budget_from,
     contract_row,
@@ -30,6 +33,8 @@ from common import (
     machine_info,
     make_model,
     markdown_table,
+    mixed_states,
+    rates,
     run_with_peak,
     setup,
     time_interleaved,
@@ -39,7 +44,9 @@ from ctran.training.label_mask import sample_training_states
 from ctran.training.losses import bce_terms
 from ctran.training.precision import autocast
 from peak import count_flops, machine_peaks
-from reference import check_parity, reference_from
+from reference import PARITY_ATOL, check_parity, reference_from
+
+BF16_ATOL = 0.1  # eval-mode logits of ours and the reference, both under bf16 autocast
 
 MODELS = {
     "digits": {"backbone": "small_cnn", "dim": 128, "labels": 20, "image_size": 48, "batch": 64},
@@ -48,8 +55,10 @@ MODELS = {
 
 
 def train_step(model: nn.Module, images: torch.Tensor, truth: torch.Tensor, precision: str = "fp32"):
-    """A call doing one training step of ``model`` (its own AdamW), as the trainer does."""
+    """A call doing one training step of ``model`` (its own AdamW), as the trainer does (fp16: with a
+    ``GradScaler``)."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=1e-4)
+    scaler = torch.amp.GradScaler(images.device.type, enabled=precision == "fp16")
     indices = torch.arange(len(images))
     step = 0
 
@@ -57,13 +66,14 @@ def train_step(model: nn.Module, images: torch.Tensor, truth: torch.Tensor, prec
         nonlocal step
         step += 1
         model.train()
-        states = sample_training_states(truth, indices, seed=0, epoch=step)
+        states = sample_training_states(truth, indices, seed=0, epoch=step).to(images.device)
         with autocast(images.device, precision):
             out = model(images, states)
         logits = out[0] if isinstance(out, tuple) else out
         loss_sum, count = bce_terms(logits.float(), truth, states)
-        (loss_sum / count.clamp(min=1)).backward()
-        optimizer.step()
+        scaler.scale(loss_sum / count.clamp(min=1)).backward()
+        scaler.step(optimizer)
+        scaler.update()
         optimizer.zero_grad(set_to_none=True)
         return loss_sum.detach()
 
@@ -71,43 +81,63 @@ def train_step(model: nn.Module, images: torch.Tensor, truth: torch.Tensor, prec
 
 
 def bench_model(name: str, args, peaks: dict[str, float], device: torch.device) -> list[dict]:
-    """Ours (fp32, and bf16 where supported) vs the reference, one training step each per round."""
+    """Ours vs the reference at each precision (fp32, and bf16 where supported), one step each per round."""
     spec = MODELS[name]
     batch = 16 if args.quick and name == "digits" else spec["batch"]
     model = make_model(spec["labels"], spec["backbone"], spec["dim"]).to(device)
     ref = reference_from(model)
-    torch.manual_seed(1)
-    images = torch.randn(batch, 3, spec["image_size"], spec["image_size"], device=device)
-    truth = torch.randint(0, 2, (batch, spec["labels"]), device=device)
-    states = torch.full_like(truth, -1)
-    diff = check_parity(forward(model, images, states)(), forward(ref, images, states)(), f"training {name}")
+    images = torch.randn(
+        batch, 3, spec["image_size"], spec["image_size"], generator=torch.Generator().manual_seed(1)
+    )
+    images = images.to(device)
+    truth = torch.randint(0, 2, (batch, spec["labels"]), generator=torch.Generator().manual_seed(2)).to(
+        device
+    )
+    states = mixed_states(batch, spec["labels"], device=device)
     precisions = ["fp32", "bf16"] if "bf16" in peaks else ["fp32"]
-    calls = {
-        p: train_step(copy.deepcopy(model) if p != "fp32" else model, images, truth, p) for p in precisions
+    diffs = {
+        p: check_parity(
+            forward(model, images, states, p)(),
+            forward(ref, images, states, p)(),
+            f"training {name} {p}",
+            PARITY_ATOL if p == "fp32" else BF16_ATOL,
+        )
+        for p in precisions
     }
-    calls["ref"] = train_step(ref, images, truth)
+    calls = {}
+    for p in precisions:
+        calls[f"ours_{p}"] = train_step(copy.deepcopy(model), images, truth, p)
+        calls[f"ref_{p}"] = train_step(copy.deepcopy(ref), images, truth, p)
     for call in calls.values():
         call()  # the first step also creates AdamW's state: not part of a step's working memory
     start = time.perf_counter()
     memory = {key: run_with_peak(call, device)[1] for key, call in calls.items()}
-    repeats = budget_from(args, 20.0).repeats(time.perf_counter() - start)
-    flops = count_flops(calls["fp32"])
+    repeats = budget_from(args, 30.0).repeats(time.perf_counter() - start)
+    flops = count_flops(calls["ours_fp32"])
     times = time_interleaved(calls, repeats, device)
-    return [
-        contract_row(
-            f"train_{name}_b{batch}_{precision}",
-            batch,
-            times[precision],
-            times["ref"],
-            memory[precision],
-            memory["ref"],
-            flops / batch,
-            peaks.get(precision),
-            variant=precision,
-            max_abs_logit_diff_vs_ref=diff,
+    per_s = {key: rates(t, batch)["per_s"] for key, t in times.items()}
+    rows = []
+    for p in precisions:
+        gain = p != "fp32"
+        rows.append(
+            contract_row(
+                f"train_{name}_b{batch}_{p}",
+                batch,
+                times[f"ours_{p}"],
+                times[f"ref_{p}"],
+                memory[f"ours_{p}"],
+                memory[f"ref_{p}"],
+                flops / batch,
+                peaks.get(p),
+                numerics=Variant(p).numerics,
+                variant=p,
+                precision_gain=round(per_s[f"ours_{p}"] / per_s["ours_fp32"], 3) if gain else None,
+                ref_precision_gain=round(per_s[f"ref_{p}"] / per_s["ref_fp32"], 3) if gain else None,
+                max_abs_logit_diff_vs_ref=diffs[p],
+                states="mixed unknown/negative/positive (parity); LMT states (steps)",
+            )
         )
-        for precision in precisions
-    ]
+    return rows
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -13,9 +13,9 @@ Each was kept because ``benchmarks/`` showed that it pays (numbers in BENCHMARKS
   of compiling at each new input shape, which pays only for long-running services.
 
 Fused attention (``F.scaled_dot_product_attention``), ``torch.inference_mode`` and batched prediction are
-always on: they change nothing but speed and memory. Faster JPEG decoding with ``torchvision.io`` was
-measured too (about 2x faster than PIL per image, identical pixels) but is not used here: decoding is under
-1% of a prediction's time at the paper's setting.
+always on: they change nothing but speed and memory. So is ``ctran.inference.fusion`` (``fuse=True``):
+BatchNorm folded into the convolutions, ReLU and residual adds run inside them (CPU, channels-last) and
+weights stored once in the compute precision; it changes results by float rounding only.
 """
 
 from __future__ import annotations
@@ -23,17 +23,31 @@ from __future__ import annotations
 import torch
 
 from ctran.errors import CTranError
+from ctran.inference.fusion import fuse_for_inference
 from ctran.model import CTran
 from ctran.training.precision import resolve_precision
 
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def optimize_for_inference(model: CTran, channels_last: bool = False, compile: bool = False) -> CTran:
-    """Apply the layout and compilation switches to ``model`` in place (it stays an ``nn.Module`` with the
-    same state dict) and return it."""
+def optimize_for_inference(
+    model: CTran,
+    channels_last: bool = False,
+    compile: bool = False,
+    precision: str = "fp32",
+    fuse: bool = True,
+) -> CTran:
+    """Apply the layout, fusion and compilation switches to ``model`` in place and return it.
+
+    ``precision`` is the (resolved) precision the model will run in: with ``fuse`` its weights are stored
+    in it, so the result serves that precision only, in eval mode. Without ``fuse`` the model keeps its
+    modules and state dict.
+    """
     if channels_last:
         model.to(memory_format=torch.channels_last)
+    if fuse:
+        fuse_for_inference(model, DTYPES[precision], post_ops=not compile)
     if compile:
         model.backbone.compile()
         model.encoder.compile()

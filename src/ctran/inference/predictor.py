@@ -426,10 +426,11 @@ def load(
     model, meta = load_checkpoint(path, device)
     if not isinstance(model, CTran):
         raise CTranError(f"{path} holds a {type(model).__name__}, not C-Tran; only C-Tran takes known labels")
+    precision = inference_precision(precision, device)
     if channels_last is None:
         channels_last = precision != "fp32"
     return Predictor(
-        optimize_for_inference(model, channels_last, compile),
+        optimize_for_inference(model, channels_last, compile, precision),
         meta["target_names"],
         meta.get("extra_names", ()),
         meta.get("image_size"),
