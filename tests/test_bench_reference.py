@@ -171,3 +171,32 @@ def test_contract_row_and_budget() -> None:
     assert contract_row("y", 1, [1.0], None)["ratio"] is None
     assert Budget(10.0).repeats(1.0) == 10 and Budget(10.0).repeats(100.0) == 3
     assert Budget(10.0, fixed=2).repeats(0.01) == 2
+
+
+def test_estimates_are_marked_and_never_count_as_met() -> None:
+    from common import markdown_table
+    from run_all import targets, verdict
+
+    row = contract_row("labels_10000_b8", 8, [1.0], None, 300_000_000, None, ref_peak_mb_estimate=42000.0)
+    row |= {"ref_failed": "not run: needs about 42 GiB", "batch": 8}
+    assert "~42000 (estimate, not run)" in markdown_table([row])
+    goal = next(g for g in targets([row], None) if "L=10000, batch 8" in g["target"])
+    assert goal["met"] is None and goal["estimate"] and verdict(goal) == "estimate only, not counted"
+    measured = contract_row("labels_10000_b1", 1, [1.0], [2.0], 40_000_000, 5_000_000_000) | {"batch": 1}
+    goal = next(g for g in targets([measured], None) if "L=10000, batch 1" in g["target"])
+    assert goal["met"] is True and verdict(goal) == "met"
+
+
+def test_speed_targets_use_the_same_numerics_ratio_and_its_spread() -> None:
+    from run_all import SPEED_GOAL, targets
+
+    fast = contract_row("infer_r101_576_L80_b1_fp32", 1, [1.0, 1.0], [1.3, 1.2], 1, 1)
+    slow = contract_row("infer_r101_576_L1000_b1_bf16_cl", 1, [1.0, 1.0], [1.1, 1.1], 1, 1)
+    goals = {g["target"]: g for g in targets([fast, slow], None)}
+    assert SPEED_GOAL == 1.15
+    assert goals["inference 576, L=80, batch 1, fp32 on both: ours / reference"]["met"] is True
+    assert (
+        "rounds 1.2-1.3" in goals["inference 576, L=80, batch 1, fp32 on both: ours / reference"]["measured"]
+    )
+    assert goals["inference 576, L=1000, batch 1, bf16_cl on both: ours / reference"]["met"] is False
+    assert goals["inference 576, L=80, batch 8, fp32 on both: ours / reference"]["met"] is None  # not run
