@@ -1,21 +1,24 @@
-"""Inference speed switches, all in one place: numeric precision, memory layout and compilation.
+"""Inference speed switches, all in one place: numeric precision, memory layout, fusion and compilation.
 
 Each was kept because ``benchmarks/`` showed that it pays (numbers in BENCHMARKS.md; ResNet-101 at 576 on a
-2-core AVX512-BF16 CPU), and each has a default that changes no result:
+2-core AVX512-BF16 CPU, ours against the official formulation at the same numerics), and each has a default
+that changes no result beyond float rounding:
 
 - ``precision``: ``"fp32"`` (default: the model's own numerics), ``"bf16"`` autocast (CPUs with AVX512-BF16
-  and GPUs: about 2.6x alone; logits move by a few hundredths, the digit-scenes mAP by 0.04 points),
-  ``"fp16"`` (GPUs), or ``"auto"`` (bf16 where the hardware has it, else fp32);
-- ``channels_last``: NHWC convolutions, which oneDNN and cuDNN run faster (about 5% in float32, 25% in
-  bf16); the same float32 arithmetic up to the order of summation. ``ctran.load`` turns it on with a reduced
-  precision and leaves float32 models untouched;
-- ``compile``: ``torch.compile`` of the backbone and the transformer; opt-in: about 5% more after about 30 s
-  of compiling at each new input shape, which pays only for long-running services.
+  and GPUs: about 4x ours in float32 at the paper's setting, with channels-last; logits move by a few
+  hundredths, the digit-scenes mAP by a few hundredths of a point), ``"fp16"`` (GPUs), or ``"auto"`` (bf16
+  where the hardware has it, else fp32);
+- ``channels_last``: NHWC convolutions, which oneDNN and cuDNN run faster (a few percent in float32, much
+  more in bf16); the same arithmetic up to the order of summation. ``ctran.load`` turns it on with a
+  reduced precision and leaves float32 models in NCHW;
+- ``fuse`` (on): ``ctran.inference.fusion``: BatchNorm folded into the convolutions, ReLU and residual adds
+  run inside them (CPU), weights stored once in the compute precision, the label tokens' first-layer
+  projections tabulated. The model it returns serves inference in that one precision;
+- ``compile``: ``torch.compile`` of the backbone and the transformer; opt-in: it costs tens of seconds of
+  compiling at each new input shape, which pays only for long-running services.
 
-Fused attention (``F.scaled_dot_product_attention``), ``torch.inference_mode`` and batched prediction are
-always on: they change nothing but speed and memory. So is ``ctran.inference.fusion`` (``fuse=True``):
-BatchNorm folded into the convolutions, ReLU and residual adds run inside them (CPU, channels-last) and
-weights stored once in the compute precision; it changes results by float rounding only.
+Fused attention (``F.scaled_dot_product_attention``), the label-rows-only last layer, ``torch.inference_mode``
+and batched prediction are always on: they change nothing but speed and memory.
 """
 
 from __future__ import annotations
