@@ -10,7 +10,8 @@ real ``ctran train`` run (``ctran.training.run.train_run``) with the same data, 
 - the pooled-CNN baseline (``model.kind=baseline``), ignoring them / taking them as negatives.
 
 Writes ``benchmarks/results/missing_labels.{json,md,png}``. Run:
-``.venv/bin/python benchmarks/missing_labels.py`` (24 runs, about 15 minutes on 2 idle cores; ``--quick``
+``.venv/bin/python benchmarks/missing_labels.py`` (24 runs, about an hour on 2 cores;
+runs already in the JSON with the same settings are kept, so a cut-short invocation resumes; ``--quick``
 for a smoke run).
 """
 
@@ -42,6 +43,17 @@ def run_one(recipe: list[str], fraction: float, common: list[str]) -> dict:
         start = time.perf_counter()
         metrics = train_run(config, out, progress=False)
     return {"mAP": round(metrics["mAP"], 2), "seconds": round(time.perf_counter() - start, 1)}
+
+
+def previous_results(path: Path, common: list[str]) -> dict[str, dict[str, dict]]:
+    """The runs an earlier, cut-short invocation with the same settings finished: they are not run again."""
+    table: dict[str, dict[str, dict]] = {name: {} for name in RECIPES}
+    if path.exists():
+        old = json.loads(path.read_text())
+        if old.get("settings") == common:
+            for name in RECIPES:
+                table[name].update(old["results"].get(name, {}))
+    return table
 
 
 def markdown(table: dict[str, dict[str, dict]], fractions: tuple[float, ...]) -> str:
@@ -94,10 +106,12 @@ def main() -> None:
     ]
     args.out.mkdir(parents=True, exist_ok=True)
     stem = "missing_labels_quick" if args.quick else "missing_labels"
-    table: dict[str, dict[str, dict]] = {name: {} for name in RECIPES}
+    table = previous_results(args.out / f"{stem}.json", common)
     # every recipe at one fraction before the next, saved as it goes: a cut-short run stays comparable
     for fraction in fractions:
         for name, recipe in RECIPES.items():
+            if f"{fraction:g}" in table[name]:
+                continue
             result = run_one(recipe, fraction, common)
             table[name][f"{fraction:g}"] = result
             print(

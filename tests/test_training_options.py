@@ -23,6 +23,7 @@ from ctran.checkpoint import read_checkpoint
 from ctran.cli import main
 from ctran.config import Config, load_config
 from ctran.data.digit_scenes import DigitScenesDataset, load_digit_scenes
+from ctran.errors import CTranError
 from ctran.model import build_from_config
 from ctran.states import UNKNOWN
 from ctran.training import trainer as trainer_module
@@ -433,6 +434,54 @@ TINY_RUN = [
     "data.sizes={train: 16, val: 16, test: 16}",
     "eval.known_fractions=[0.5]",
 ]
+
+
+# ---------------------------------------------------------------- resuming
+
+
+def test_resume_continues_exactly_where_the_stopped_run_left_off(tmp_path: Path) -> None:
+    """Two epochs, then a resume to three, equal three straight epochs: weights, optimiser, history, RNG."""
+    config = _config("train.epochs=3", "train.label_mask=true")
+    train = _scenes("train", 16)
+    options = model_config(config, len(train.label_names))
+    meta = {"model_config": options, "target_names": train.target_names, "extra_names": train.extra_names}
+    torch.manual_seed(0)
+    straight = build_from_config(options)
+    result = trainer_module.fit(
+        straight,
+        train,
+        _scenes("val", 4),
+        config,
+        out_dir=tmp_path / "a",
+        checkpoint_meta=meta,
+        progress=False,
+    )
+    assert [row["epoch"] for row in result.history] == [1, 2, 3]
+    _trainer(_config("train.epochs=2", "train.label_mask=true"), out_dir=tmp_path / "b").fit()
+    torch.manual_seed(123)  # the resumed run must take its RNG state from last.pt, not from here
+    resumed = _trainer(config, out_dir=tmp_path / "b")
+    resumed_result = resumed.fit(resume=True)
+    assert [row["epoch"] for row in resumed_result.history] == [1, 2, 3]
+    assert resumed.step == 6  # 16 scenes in batches of 8, three epochs
+    a, b = read_checkpoint(tmp_path / "a" / "last.pt"), read_checkpoint(tmp_path / "b" / "last.pt")
+    _assert_same(a["state_dict"], b["state_dict"])
+    for key in ("train_loss", "val_mAP"):
+        assert [row[key] for row in b["training_state"]["history"]] == [
+            row[key] for row in a["training_state"]["history"]
+        ]
+    assert b["training_state"]["best_epoch"] == a["training_state"]["best_epoch"]
+    assert b["training_state"]["scheduler"] == a["training_state"]["scheduler"]
+    torch.testing.assert_close(b["training_state"]["rng"][0]["torch"], a["training_state"]["rng"][0]["torch"])
+
+
+def test_resume_without_training_state_names_the_file(tmp_path: Path) -> None:
+    trainer = _trainer(_config(), out_dir=tmp_path)
+    trainer.fit()
+    payload = read_checkpoint(tmp_path / "last.pt")
+    payload.pop("training_state")
+    torch.save(payload, tmp_path / "last.pt")
+    with pytest.raises(CTranError, match=r"last\.pt holds no training state"):
+        _trainer(_config("train.epochs=2"), out_dir=tmp_path).fit(resume=True)
 
 
 @pytest.fixture(scope="module")
