@@ -2,10 +2,11 @@
 
 Re-conditioning (``Predictor.condition`` on cached features: what changing one image's known labels costs)
 is timed against a full ``Predictor.predict`` of the same image, batch 1, for the same weights under both
-attention patterns: ResNet-101 (random weights) at 576 x 576, L = 80 and L = 1000, in float32 and in bf16
-(with channels-last convolutions, as ``ctran.load(precision="bf16")``). Every ratio compares calls of one
-run at the same numerics, timed interleaved. The FLOPs of both calls bound the possible speed-up. Each
-setting also checks that one-way's cached logits equal its uncached forward (the whole masked sequence).
+attention patterns: ResNet-101 (random weights) at 576 x 576, L = 80 and L = 1000, in float32 and in bf16,
+each prepared as ``ctran.load`` prepares it (``optimize_for_inference``: fusion, and channels-last in
+bf16). Every ratio compares calls of one run at the same numerics, timed interleaved. The FLOPs of both
+calls bound the possible speed-up. Each setting also checks that one-way's cached logits equal its uncached
+forward (the whole masked sequence).
 
 With ``full`` attention the image rows of every layer depend on the label states, so ``condition`` re-runs
 the transformer over all T + L tokens; with ``one_way`` it runs only the L label rows over each layer's
@@ -60,16 +61,16 @@ def pair(labels: int, backbone: str = "resnet101", dim: int = 2048) -> dict[str,
 
 def recondition_rows(labels: int, precisions: list[str], budget, device: torch.device) -> list[dict]:
     """Predict vs condition for both patterns at L = ``labels``, one row per (precision, pattern)."""
-    models = pair(labels)
     names = [f"label_{i}" for i in range(labels)]
     torch.manual_seed(1)
     image = torch.randn(1, 3, 576, 576, device=device)
     known = {"label_0": True, "label_1": False}
     rows = []
     for precision in precisions:
-        if precision != "fp32":  # in place: fp32 has been measured already
-            for model in models.values():
-                optimize_for_inference(model, channels_last=True)
+        models = {  # fused for one precision, as ctran.load does: fresh models (the same weights) for each
+            pattern: optimize_for_inference(model.to(device), precision != "fp32", precision=precision)
+            for pattern, model in pair(labels).items()
+        }
         predictors = {
             pattern: Predictor(model, names, image_size=576, device=device, precision=precision)
             for pattern, model in models.items()

@@ -509,3 +509,37 @@ def test_attention_pattern_is_validated_and_recorded(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(loaded(images, states), model(images, states), atol=0, rtol=0)
     assert build_from_config(config).attention == "full"  # checkpoints from before the option
+
+
+@pytest.mark.parametrize("attention", ["full", "one_way"])
+def test_tabulated_label_projections_give_the_same_logits_for_less_work(attention):
+    """After ``freeze_label_projections`` decode looks the first layer's label Q/K/V up (one matrix product
+    of L rows fewer per image) and gives the same logits; training ignores the table."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = _small(layers=3, attention=attention).eval()
+    images, states = _images(2), _states(2)
+
+    def decode_with_flops() -> tuple[torch.Tensor, int]:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            logits = model.decode(memory, states)
+        return logits, counter.get_total_flops()
+
+    with torch.no_grad():
+        memory = model.encode(images)
+    computed, flops = decode_with_flops()
+    model.freeze_label_projections()
+    assert model.label_qkv.shape == (3, NUM_LABELS, 3 * DIM)
+    looked_up, fewer = decode_with_flops()
+    torch.testing.assert_close(looked_up, computed, atol=1e-5, rtol=0)
+    assert flops - fewer == 2 * 2 * NUM_LABELS * DIM * 3 * DIM  # batch 2: the first layer's label Q/K/V
+    with torch.no_grad():
+        model.state_embed.weight.mul_(3)  # the table is now stale: eval uses it, training must not
+        stale = model.decode(memory, states)
+        model.train()
+        torch.manual_seed(0)
+        trained = model.decode(memory, states)
+        model.label_qkv = None
+        torch.manual_seed(0)
+        fresh = model.decode(memory, states)
+    assert (stale - computed).abs().max() > 1e-4 and torch.equal(trained, fresh)

@@ -95,6 +95,8 @@ def _quiet_deprecations() -> Iterator[None]:
         for category in (DeprecationWarning, FutureWarning):
             warnings.filterwarnings("ignore", category=category, module=r"torch\.(jit|onnx)")
         warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export")
+        # the label-projection table lookup: its indices are state rows 0..2, never negative
+        warnings.filterwarnings("ignore", message="Exporting aten::index operator of advanced indexing")
         yield
 
 

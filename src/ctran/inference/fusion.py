@@ -1,7 +1,7 @@
 """Inference-only rewrites of a trained C-Tran that change its results by float rounding only.
 
 ``fuse_for_inference(model, dtype)`` (called by ``optimize_for_inference``, hence by ``ctran.load``) does
-three things, each exact in arithmetic and measured in ``BENCHMARKS.md``:
+four things, each exact in arithmetic and measured in ``BENCHMARKS.md``:
 
 - **BatchNorm folded into the convolution before it.** In eval mode BatchNorm is an affine map with
   constant coefficients, so ``bn(conv(x))`` is one convolution with weight ``w * g / sqrt(v + eps)`` and
@@ -15,6 +15,8 @@ three things, each exact in arithmetic and measured in ``BENCHMARKS.md``:
 - **Weights stored in the compute dtype.** Under bf16/fp16 autocast every call casts each float32
   convolution and linear weight again (about 120 M values for the paper's model); stored once in that
   dtype they are the very values autocast would make, so those layers give bit-identical outputs.
+- **Label tokens' first-layer projections tabulated** (``CTran.freeze_label_projections``): each label
+  token takes one of three values (its state), so its first-layer Q/K/V are looked up, not recomputed.
 
 What is fused: timm ResNets built from ``Bottleneck``/``BasicBlock`` with the plain stem (the paper's
 ``resnet101``), and plain ``Conv2d``/``BatchNorm2d``/``ReLU``/``MaxPool2d`` stacks (``small_cnn``). Other
@@ -297,11 +299,13 @@ def store_weights(model: CTran, dtype: torch.dtype) -> CTran:
 
 
 def fuse_for_inference(model: CTran, dtype: torch.dtype = torch.float32, post_ops: bool = True) -> CTran:
-    """Fold/fuse the backbone and store the convolution and linear weights in ``dtype``, in place.
+    """Fold/fuse the backbone, store the convolution and linear weights in ``dtype`` and tabulate the label
+    tokens' first-layer projections (``CTran.freeze_label_projections``), in place.
 
     ``post_ops=False`` leaves ReLU and residual adds to be fused by someone else: torch.compile cannot
     trace oneDNN's fused ops, and Inductor emits the same fusion itself.
     """
     model.backbone = fuse_backbone(model.backbone, dtype, post_ops)
     store_weights(model, dtype)
+    model.freeze_label_projections(dtype)
     return model.eval()

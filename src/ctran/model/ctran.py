@@ -72,6 +72,7 @@ class CTran(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.encoder = Encoder(dim, heads, layers, ffn_dim or dim, dropout, attention)
         self.readout = PerLabelLinear(num_labels, dim)
+        self.register_buffer("label_qkv", None, persistent=False)  # (3, L, 3D): freeze_label_projections
         self._init_embeddings(dim)
 
     def _init_embeddings(self, dim: int) -> None:
@@ -103,13 +104,32 @@ class CTran(nn.Module):
         A memory of one image (1, T, M) serves any number of state rows: several hypotheses about it.
         """
         labels = self.label_tokens(states).to(memory.dtype)  # (B, L, D)
+        first_qkv = None  # (B, L, 3D) the first layer's label projections, when tabulated
+        if self.label_qkv is not None and not self.training:
+            first_qkv = self.label_qkv[
+                state_index(states), torch.arange(self.num_labels, device=states.device)
+            ]
         if self.attention == "one_way":
-            h = self.encoder.decode_labels(self.norm(labels), memory)  # (B, L, D)
+            h = self.encoder.decode_labels(self.norm(labels), memory, first_qkv)  # (B, L, D)
         else:
             tokens = memory.expand(labels.shape[0], -1, -1)  # (B, T, D)
             x = self.norm(torch.cat([tokens, labels], dim=1))  # (B, T + L, D)
-            h, _ = self.encoder(x, keep=self.num_labels)  # (B, L, D)
+            h, _ = self.encoder(x, keep=self.num_labels, first_qkv=first_qkv)  # (B, L, D)
         return self.readout(h)  # (B, L)
+
+    def freeze_label_projections(self, dtype: torch.dtype = torch.float32) -> None:
+        """Tabulate the first layer's Q/K/V of every label token, for inference with fixed weights.
+
+        A label token is ``norm(label_embed[l] + state_embed[s])`` whatever the image, so its first-layer
+        projections take one of three values per label: a (3, L, 3D) table that ``decode`` looks up in eval
+        mode instead of recomputing (at the paper's setting 2 of one-way re-conditioning's 13 GFLOPs).
+        ``dtype`` is the precision decode runs in (bf16/fp16: computed under autocast, as decode is). The
+        table does not follow later changes of the weights: call this again, or set ``label_qkv = None``.
+        """
+        device = self.label_embed.weight.device
+        with torch.no_grad(), torch.autocast(device.type, dtype, enabled=dtype != torch.float32):
+            labels = (self.label_embed.weight + self.state_embed.weight[:, None]).to(dtype)  # (3, L, D)
+            self.label_qkv = self.encoder.layers[0].qkv(self.norm(labels))  # (3, L, 3D)
 
     def forward(
         self, images: torch.Tensor, states: torch.Tensor, return_attention: bool = False

@@ -12,6 +12,10 @@ Only the label tokens of the last layer are ever read, so the encoder can comput
 rows in its last layer: their queries, attention, feed-forward and norms (keys and values still come from
 every token). This is exact, and removes most of the last layer for the image tokens.
 
+The first layer can also be given the Q/K/V projections of its label rows (``first_qkv``): a label token
+enters it with one of three values (its state), so its projections can be looked up from a table
+(``CTran.freeze_label_projections``, for inference) instead of recomputed for every image.
+
 Two attention patterns (``ATTENTION``):
 
 - ``full`` (the paper's): every token attends to every token, so the image tokens depend on the label states
@@ -60,9 +64,11 @@ class EncoderLayer(nn.Module):
         need_weights: bool = False,
         keep: int | None = None,
         mask: torch.Tensor | None = None,
+        tail_qkv: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """x: (B, N, D) -> (B, N, D), or its last ``keep`` rows (B, keep, D); attention (B, heads, N, N)
-        when ``need_weights``. ``mask`` (N, N) bool: True where a query may attend to a key (None: all)."""
+        when ``need_weights``. ``mask`` (N, N) bool: True where a query may attend to a key (None: all).
+        ``tail_qkv`` (B, M, 3D), if given, is ``qkv`` of the last M rows of x (only with ``keep`` None)."""
         weights = None
         if need_weights:
             blocked = None if mask is None else ~mask  # nn.MultiheadAttention: True = may not attend
@@ -71,16 +77,25 @@ class EncoderLayer(nn.Module):
             )
             attended = attended if keep is None else attended[:, -keep:]
         else:
-            attended = self._attend(x, keep, mask)  # (B, N or keep, D)
+            attended = self._attend(x, keep, mask, tail_qkv)  # (B, N or keep, D)
         if keep is not None:
             x = x[:, -keep:]
         return self._block(x, attended), weights
 
-    def _attend(self, x: torch.Tensor, keep: int | None, mask: torch.Tensor | None) -> torch.Tensor:
+    def _attend(
+        self,
+        x: torch.Tensor,
+        keep: int | None,
+        mask: torch.Tensor | None,
+        tail_qkv: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Multi-head self-attention of the last ``keep`` queries (all when None) over all N tokens."""
+        if tail_qkv is not None:  # the last M rows' projections are known: project only the others
+            head = self.qkv(x[:, : x.shape[1] - tail_qkv.shape[1]])  # (B, N - M, 3D)
+            q, k, v = torch.cat([head, tail_qkv.to(head.dtype)], dim=1).chunk(3, dim=-1)  # (B, N, D) each
+            return self._heads_attention(q, k, v, mask)
         if keep is None:
-            attn = self.self_attn
-            q, k, v = F.linear(x, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)  # (B, N, D) each
+            q, k, v = self.qkv(x).chunk(3, dim=-1)  # (B, N, D) each
             return self._heads_attention(q, k, v, mask)
         rows = None if mask is None else mask[-keep:]
         return self.attend_over(x[:, -keep:], self.keys_values(x), rows)
@@ -90,10 +105,17 @@ class EncoderLayer(nn.Module):
         dim = self.self_attn.embed_dim
         return F.linear(x, self.self_attn.in_proj_weight[dim:], self.self_attn.in_proj_bias[dim:])
 
-    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Tokens (B, N, D) -> queries (B, N, D) and packed keys/values (B, N, 2D), in one matrix product."""
-        qkv = F.linear(x, self.self_attn.in_proj_weight, self.self_attn.in_proj_bias)  # (B, N, 3D)
-        return qkv.split([self.self_attn.embed_dim, 2 * self.self_attn.embed_dim], dim=-1)
+    def qkv(self, x: torch.Tensor) -> torch.Tensor:
+        """The packed query/key/value projections: (..., D) -> (..., 3D), in one matrix product."""
+        return F.linear(x, self.self_attn.in_proj_weight, self.self_attn.in_proj_bias)
+
+    def project(
+        self, x: torch.Tensor, known: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tokens (B, N, D) -> queries (B, N, D) and packed keys/values (B, N, 2D); ``known`` (B, N, 3D) is
+        ``qkv(x)`` when already at hand."""
+        packed = self.qkv(x) if known is None else known.to(x.dtype)  # (B, N, 3D)
+        return packed.split([self.self_attn.embed_dim, 2 * self.self_attn.embed_dim], dim=-1)
 
     def attend_over(
         self, queries: torch.Tensor, keys_values: torch.Tensor, mask: torch.Tensor | None = None
@@ -153,14 +175,18 @@ class Encoder(nn.Module):
         need_weights: bool = False,
         keep: int | None = None,
         mask: torch.Tensor | None = None,
+        first_qkv: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """x: (B, N, D) -> (B, N, D), or only its last ``keep`` tokens (B, keep, D), computed only for them
         in the last layer; per-layer attention (B, heads, N, N) when asked (else empty). ``mask`` (N, N)
-        bool: True where a query may attend to a key (e.g. ``one_way_mask``; None: every pair)."""
+        bool: True where a query may attend to a key (e.g. ``one_way_mask``; None: every pair).
+        ``first_qkv`` (B, M, 3D): the first layer's projections of the last M rows, when already known
+        (used with two layers or more)."""
         attentions = []
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
-            x, weights = layer(x, need_weights, keep if i == last else None, mask)
+            tail_qkv = first_qkv if i == 0 < last else None  # a lone layer keeps its label-rows-only path
+            x, weights = layer(x, need_weights, keep if i == last else None, mask, tail_qkv)
             if need_weights:
                 attentions.append(weights)
         return x, attentions
@@ -179,11 +205,16 @@ class Encoder(nn.Module):
             x = layer.step(x, q, keys_values)  # (B, T, D): image-to-image attention
         return torch.cat(memory, dim=-1)
 
-    def decode_labels(self, x: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+    def decode_labels(
+        self, x: torch.Tensor, memory: torch.Tensor, first_qkv: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """One-way: normalised label tokens (B, L, D) + ``encode_images`` memory (B or 1, T, layers * 2D)
-        -> label outputs (B, L, D); only the L label rows are computed in every layer."""
-        for layer, image_kv in zip(self.layers, memory.chunk(len(self.layers), dim=-1), strict=True):
-            q, label_kv = layer.project(x)  # (B, L, D), (B, L, 2D)
+        -> label outputs (B, L, D); only the L label rows are computed in every layer. ``first_qkv``
+        (B, L, 3D): the first layer's projections of the label tokens, when already known."""
+        for i, (layer, image_kv) in enumerate(
+            zip(self.layers, memory.chunk(len(self.layers), dim=-1), strict=True)
+        ):
+            q, label_kv = layer.project(x, first_qkv if i == 0 else None)  # (B, L, D), (B, L, 2D)
             image_kv = image_kv.expand(x.shape[0], -1, -1)  # (B, T, 2D); a view when one image serves all
             keys_values = torch.cat([image_kv, label_kv], dim=1)  # (B, T + L, 2D)
             x = layer.step(x, q, keys_values)  # (B, L, D): label-to-all attention
