@@ -22,24 +22,27 @@ def sample_training_states(
     max_known_fraction: float = 0.75,
     revealable: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Label Mask Training: per image reveal ``k ~ U{0..floor(f*R)}`` random annotated labels among the R
+    """Label Mask Training: per image reveal ``k ~ U{0..floor(f*A)}`` random labels among its A annotated
     ``revealable`` ones (a (L,) bool mask; None: every label).
 
     The known subset is uniform over labels (so mostly negatives, as in the paper); the model learns to
-    use whatever it is told, and the loss covers the rest. CUB-312 reveals only its concepts (the paper:
-    0..84 of 112 known, the bird class never), hence ``revealable``. Each image's draw depends only on
-    (seed, epoch, image index), so it is the same however the batch is split across processes and when a
-    killed run resumes.
+    use whatever it is told, and the loss covers the rest. On fully annotated data A is the number of
+    revealable labels, the paper's rule; with missing annotations the cap follows what the image has, so
+    that at least a quarter of its annotations are always left to the loss (a cap over all labels would
+    reveal every annotation of a sparsely annotated image, leaving it nothing to learn from). CUB-312
+    reveals only its concepts (the paper: 0..84 of 112 known, the bird class never), hence ``revealable``.
+    Each image's draw depends only on (seed, epoch, image index), so it is the same however the batch is
+    split across processes and when a killed run resumes.
     """
     num_labels = truth.shape[1]
     pool = np.ones(num_labels, dtype=bool) if revealable is None else revealable.cpu().numpy().astype(bool)
     if pool.shape != (num_labels,):
         raise ValueError(f"revealable must be a ({num_labels},) mask, got shape {pool.shape}")
-    max_known = math.floor(max_known_fraction * int(pool.sum()))
     annotated = (truth != UNKNOWN).cpu().numpy() & pool  # (B, L): what may be revealed
     reveal = np.zeros(annotated.shape, dtype=bool)  # (B, L)
     for row, index in enumerate(torch.as_tensor(indices).tolist()):
         rng = np.random.default_rng([seed, epoch, index])
+        max_known = math.floor(max_known_fraction * int(annotated[row].sum()))
         num_known = rng.integers(0, max_known + 1)
         keys = np.where(annotated[row], rng.random(num_labels), 2.0)  # the rest sort last
         reveal[row, np.argsort(keys, kind="stable")[:num_known]] = True
