@@ -43,10 +43,10 @@ soak: $(STAMP)
 	$(BIN)/python benchmarks/serve_soak.py --checkpoint runs/demo/ctran.pt --seconds 60
 
 # Mutation testing of the core modules ([tool.mutmut] in pyproject.toml) with the fast tests; writes
-# runs/mutants/report.md and report.json (survivors listed). Not part of `make test`.
+# runs/mutants/report.md and report.json (survivors listed). Not part of `make test`. A stopped run resumes:
+# mutmut keeps its results in mutants/ and re-checks only functions that changed (`make clean` starts over).
 mutants: $(STAMP)
-	rm -rf mutants
-	$(BIN)/mutmut run --max-children 2 || true
+	$(BIN)/mutmut run --max-children $(or $(JOBS),2) || true
 	$(BIN)/python scripts/mutation_report.py --out runs/mutants
 
 clean:
