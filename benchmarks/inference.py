@@ -79,6 +79,12 @@ def parse_args(argv: list[str] | None = None):
     )
     p.add_argument("--no-digits", action="store_true", help="skip the digit-scenes rows and mAP check")
     p.add_argument(
+        "--settings",
+        default=None,
+        metavar="SIZExLxB,...",
+        help="only these paper settings, e.g. 576x1000x8 (default: the headline ones, or --full/--quick)",
+    )
+    p.add_argument(
         "--demo-checkpoint",
         type=Path,
         default=Path("runs/demo/ctran.pt"),
@@ -225,6 +231,8 @@ def main(argv: list[str] | None = None) -> dict:
     device = setup(args)
     peaks = machine_peaks(device, args.quick)
     settings = QUICK if args.quick else FULL if args.full else HEADLINE
+    if args.settings:
+        settings = [tuple(int(n) for n in item.split("x")) for item in args.settings.split(",")]
     rows = paper_rows(settings, args, peaks, device)
     check = None
     if not args.no_digits:

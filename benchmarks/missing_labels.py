@@ -10,7 +10,7 @@ real ``ctran train`` run (``ctran.training.run.train_run``) with the same data, 
 - the pooled-CNN baseline (``model.kind=baseline``), ignoring them / taking them as negatives.
 
 Writes ``benchmarks/results/missing_labels.{json,md,png}``. Run:
-``.venv/bin/python benchmarks/missing_labels.py`` (24 runs, about an hour on 2 cores;
+``.venv/bin/python benchmarks/missing_labels.py`` (24 runs, about 40 minutes with one thread per run;
 runs already in the JSON with the same settings are kept, so a cut-short invocation resumes; ``--quick``
 for a smoke run).
 """
@@ -88,8 +88,8 @@ def plot(table: dict[str, dict[str, dict]], fractions: tuple[float, ...], path: 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--train-size", type=int, default=2000)
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--train-size", type=int, default=4000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="2 fractions, 1 epoch, 600 scenes: a smoke run")
     parser.add_argument("--out", type=Path, default=RESULTS)
