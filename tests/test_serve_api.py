@@ -291,6 +291,22 @@ def test_suggest_candidates_bound_the_work(predictor) -> None:
     assert_error(client.get(f"/api/images/{image_id}/suggest", params={"candidates": 0}), 422, "candidates")
 
 
+def test_the_server_default_method_is_used_when_a_request_names_none(predictor) -> None:
+    """``create_app(suggest_method=...)`` (``serve --suggest-method``) sets what a bare request, and the
+    page's "Ask next", gets; a request's own ``method`` still wins."""
+    client = TestClient(create_app(predictor, suggest_method="uncertainty"))
+    image_id = uploaded_id(client)
+    features = predictor.encode(scene())
+    bare = client.get(f"/api/images/{image_id}/suggest", params={"k": 2}).json()
+    [expected] = predictor.suggest(features, k=2, method="uncertainty")
+    assert bare["method"] == "uncertainty"
+    assert [s["label"] for s in bare["suggestions"]] == [s.label for s in expected]
+    asked = client.get(f"/api/images/{image_id}/suggest", params={"method": "information"}).json()
+    assert asked["method"] == "information" and asked["suggestions"][0]["information"] is not None
+    with pytest.raises(CTranError, match="suggest_method must be one of"):
+        create_app(predictor, suggest_method="random")
+
+
 def test_suggest_errors(client: TestClient) -> None:
     image_id = uploaded_id(client)
     assert_error(client.get(f"/api/images/{image_id}/suggest", params={"k": 0}), 422, "k")

@@ -211,21 +211,24 @@ def ask_twice(page, url: str, image: Path) -> dict:
     }
 
 
-def test_ask_next_in_a_real_browser(tmp_path: Path) -> None:
-    """The page asks what the API suggests, and its Yes/No buttons mark that label and ask the next one."""
+@pytest.mark.parametrize("method", ["information", "uncertainty"])
+def test_ask_next_in_a_real_browser(tmp_path: Path, method: str) -> None:
+    """The page asks what the API suggests (by the server's method), and its Yes/No buttons mark that
+    label and ask the next one."""
     from test_serve_api import make_digit_checkpoint, scene
 
     image = tmp_path / "scene.png"
     scene(1).save(image)
     predictor = ctran.load(make_digit_checkpoint(tmp_path))
-    app = create_app(predictor, allowed_hosts=LOOPBACK_HOSTS)
+    app = create_app(predictor, allowed_hosts=LOOPBACK_HOSTS, suggest_method=method)
     seen, problems, outside = browse(app, lambda page, url: ask_twice(page, url, image))
 
     assert problems == [] and outside == []
     features = predictor.encode(scene(1))
-    [[first]] = predictor.suggest(features, k=1)
-    [[second]] = predictor.suggest(features, {first.label: True}, k=1)
-    [[third]] = predictor.suggest(features, {first.label: True, second.label: False}, k=1)
+    [[first]] = predictor.suggest(features, k=1, method=method)
+    [[second]] = predictor.suggest(features, {first.label: True}, k=1, method=method)
+    [[third]] = predictor.suggest(features, {first.label: True, second.label: False}, k=1, method=method)
     assert (seen["first"], seen["second"], seen["third"]) == (first.label, second.label, third.label)
-    assert f"{first.information:.2f} bits" in seen["why"]
+    bits = first.information if method == "information" else first.uncertainty
+    assert f"{bits:.2f} bits" in seen["why"]
     assert "given-yes" in seen["rows"][first.label] and "given-no" in seen["rows"][second.label]

@@ -33,6 +33,7 @@ from ctran import __version__
 from ctran.errors import CTranError
 from ctran.inference import Prediction, Predictor
 from ctran.inference.known import parse_spec
+from ctran.inference.suggest import METHODS as SUGGEST_METHODS
 from ctran.serving import schemas
 from ctran.serving.errors import ApiError
 from ctran.serving.security import Guard
@@ -67,11 +68,17 @@ def create_app(
     threshold: float | None = None,
     allowed_hosts: Iterable[str] | None = None,
     suggest_candidates: int | None = SUGGEST_CANDIDATES,
+    suggest_method: str = "information",
 ) -> FastAPI:
     """The app. ``threshold`` None uses the checkpoint's calibrated thresholds when it has them, else 0.5;
     ``allowed_hosts`` None accepts any ``Host`` header (``ctran serve`` passes the loopback names);
     ``suggest_candidates`` is how many of the most uncertain labels ``suggest`` scores by default (None:
-    all), which bounds its cost to 2 x that many re-conditionings."""
+    all), which bounds its cost to 2 x that many re-conditionings; ``suggest_method`` is its default method
+    (the page's "Ask next" uses it): ``uncertainty`` needs no extra model call, which matters at the
+    paper's scale on a CPU."""
+    if suggest_method not in SUGGEST_METHODS:
+        choices = ", ".join(SUGGEST_METHODS)
+        raise CTranError(f"suggest_method must be one of {choices}, got {suggest_method!r}")
     service = TaggingService(predictor, cache_size, threshold)
     gallery = find_examples(examples) if examples is not None else {}
     app = FastAPI(
@@ -137,12 +144,13 @@ def create_app(
         known: str = "",
         extra: str = "",
         k: Annotated[int, Query(ge=1, le=1000)] = 3,
-        method: Literal["information", "uncertainty"] = "information",
+        method: Literal["information", "uncertainty"] | None = None,
         candidates: Annotated[int | None, Query(ge=1)] = None,
     ) -> schemas.Suggestions:
         """The unknown target labels most worth asking about next, best first (``information``: by the
         expected reduction of the other labels' uncertainty, scoring the ``candidates`` most uncertain (the
-        server's default when not given); ``uncertainty``: by their own)."""
+        server's default when not given); ``uncertainty``: by their own; no ``method``: the server's)."""
+        method = method or suggest_method
         pool = candidates or suggest_candidates
         known_spec, extra_spec = parse_spec(known, "known"), parse_spec(extra, "extra")
         found = service.suggest(image_id, known_spec, extra_spec, k, method, pool)

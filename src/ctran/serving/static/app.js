@@ -223,8 +223,11 @@ async function askNext() {
     if (!best) return;
     el("ask-label").textContent = best.label;
     el("ask-why").textContent =
-      `(now ${percent(best.probability)}; the answer is expected to settle ` +
-      `${best.information.toFixed(2)} bits of the other labels' uncertainty)`;
+      best.information === null
+        ? `(now ${percent(best.probability)}: the most uncertain label, ` +
+          `${best.uncertainty.toFixed(2)} bits)`
+        : `(now ${percent(best.probability)}; the answer is expected to settle ` +
+          `${best.information.toFixed(2)} bits of the other labels' uncertainty)`;
   } catch (error) {
     if (mine === askSequence) el("ask").hidden = true;
   }
