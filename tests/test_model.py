@@ -352,6 +352,25 @@ def test_position_embedding_sine_properties():
     assert pe(2, 3, torch.device("cpu"), torch.float16).dtype == torch.float16
 
 
+def test_position_embedding_sine_values_follow_the_formula():
+    """Entry by entry, in float64: row channels sin/cos(2 pi (i + 1/2) / h * T^(-k / (D/4))), then the same
+    for the column; a 3 x 4 grid, D = 8, T = 100 (not the default, so the temperature must be honoured)."""
+    h, w, dim, temperature = 3, 4, 8, 100.0
+    enc = PositionEmbeddingSine(dim, temperature)(h, w, torch.device("cpu"), torch.float64)
+    quarter = dim // 4
+    expected = torch.empty(h * w, dim, dtype=torch.float64)
+    for i in range(h):
+        for j in range(w):
+            for k in range(quarter):
+                freq = temperature ** (-k / quarter)
+                row, col = 2 * math.pi * (i + 0.5) / h * freq, 2 * math.pi * (j + 0.5) / w * freq
+                values = (math.sin(row), math.cos(row), math.sin(col), math.cos(col))
+                for part, value in enumerate(values):
+                    expected[i * w + j, part * quarter + k] = value
+    torch.testing.assert_close(enc, expected, rtol=0, atol=1e-6)
+    assert PositionEmbeddingSine(dim).temperature == 10000.0
+
+
 def test_position_embedding_needs_dim_divisible_by_4():
     with pytest.raises(ValueError, match="divisible by 4"):
         PositionEmbeddingSine(30)
