@@ -290,3 +290,24 @@ def test_asl_discards_very_easy_negatives_and_downweights_easy_ones():
     asl_pos = asl_terms(easy[:, 2:], truth[:, 2:], inputs[:, 2:])[0]
     bce_pos = bce_terms(easy[:, 2:], truth[:, 2:], inputs[:, 2:])[0]
     torch.testing.assert_close(asl_pos, bce_pos, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"gamma_neg": 2.0, "gamma_pos": 1.0, "clip": 0.1}],
+    ids=["defaults", "focused-positives"],
+)
+def test_asl_equals_its_formula_entry_by_entry(options: dict) -> None:
+    """-[t log(p) (1 - p)^g+ + (1 - t) log(m) (1 - m)^g-] with m = min(1 - p + clip, 1), summed over the
+    scored entries; the defaults are the paper's (gamma- = 4, gamma+ = 0, clip = 0.05)."""
+    logits, truth, inputs = _loss_problem(5)
+    gamma_neg, gamma_pos = options.get("gamma_neg", 4.0), options.get("gamma_pos", 0.0)
+    clip = options.get("clip", 0.05)
+    p = torch.sigmoid(logits)
+    m = (1 - p + clip).clamp(max=1)
+    t = truth.clamp(min=0).to(p.dtype)
+    terms = t * p.log() * (1 - p) ** gamma_pos + (1 - t) * m.log() * (1 - m) ** gamma_neg
+    scored = (truth != UNKNOWN) & (inputs == UNKNOWN)
+    total, count = asl_terms(logits, truth, inputs, **options)
+    torch.testing.assert_close(total, -terms[scored].sum(), atol=1e-9, rtol=1e-9)
+    assert total.dtype == logits.dtype and float(count) == float(scored.sum())

@@ -236,3 +236,43 @@ def test_coco_size_is_well_defined() -> None:
         warnings.simplefilter("error")
         metrics = multilabel_metrics(scores, targets, mask)
     assert 0.0 < metrics["mAP"] < 100.0 and metrics["n_labels_scored"] == 80
+
+
+def test_per_label_ap_is_sklearns_in_percent_with_none_and_positive_counts() -> None:
+    scores, targets = _random_problem(11, n=60, n_labels=5)
+    names = [f"label_{i}" for i in range(5)]
+    per_label = multilabel_metrics(scores, targets, label_names=names)["per_label"]
+    assert list(per_label) == names
+    assert per_label["label_0"] == {"AP": None, "positives": 0}  # no positive: None, not NaN
+    for i, name in enumerate(names[1:], start=1):
+        expected = average_precision_score(targets[:, i], scores[:, i]) * 100.0
+        assert per_label[name]["AP"] == pytest.approx(expected, abs=TOL)
+        assert per_label[name]["positives"] == int(targets[:, i].sum())
+    with pytest.raises(ValueError, match="4 label names for 5 labels"):
+        multilabel_metrics(scores, targets, label_names=names[:4])
+
+
+def test_one_correct_prediction_among_many_labels_keeps_its_small_percentages() -> None:
+    """200 labels, one predicted and right: CP = CR = CF1 = 0.5 (sklearn's macro scores), OP = OR = 100."""
+    scores, targets = np.zeros((3, 200)), np.zeros((3, 200), dtype=np.int64)
+    scores[0, 7], targets[0, 7] = 0.9, 1
+    out = multilabel_metrics(scores, targets)
+    pred = (scores >= 0.5).astype(int)
+    for key, ref in (("CP", precision_score), ("CR", recall_score), ("CF1", f1_score)):
+        expected = ref(targets, pred, average="macro", zero_division=0) * 100.0
+        assert expected == pytest.approx(0.5) and out[key] == pytest.approx(expected, abs=TOL), key
+    assert out["OP"] == out["OR"] == out["OF1"] == pytest.approx(100.0)
+
+
+def test_top_k_breaks_ties_by_label_order_and_top_0_predicts_nothing() -> None:
+    """Equal scores: the lower label index wins (np.argsort(-s, kind="stable")); top_k=0 gives zeros."""
+    scores = np.array([[0.9, 0.9, 0.9, 0.9], [0.6, 0.8, 0.8, 0.7]])
+    targets = np.array([[0, 0, 1, 1], [0, 0, 1, 1]])
+    out = multilabel_metrics(scores, targets, top_k=2)
+    top = np.zeros_like(targets)
+    np.put_along_axis(top, np.argsort(-scores, axis=1, kind="stable")[:, :2], 1, axis=1)
+    assert top.tolist() == [[1, 1, 0, 0], [0, 1, 1, 0]]
+    assert out["OP_top2"] == pytest.approx(precision_score(targets.ravel(), top.ravel()) * 100.0, abs=TOL)
+    assert out["OP_top2"] == pytest.approx(25.0)
+    none = multilabel_metrics(scores, targets, top_k=0)
+    assert none["OP_top0"] == none["OR_top0"] == none["CP_top0"] == 0.0
