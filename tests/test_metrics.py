@@ -274,5 +274,5 @@ def test_top_k_breaks_ties_by_label_order_and_top_0_predicts_nothing() -> None:
     assert top.tolist() == [[1, 1, 0, 0], [0, 1, 1, 0]]
     assert out["OP_top2"] == pytest.approx(precision_score(targets.ravel(), top.ravel()) * 100.0, abs=TOL)
     assert out["OP_top2"] == pytest.approx(25.0)
-    none = multilabel_metrics(scores, targets, top_k=0)
+    none = multilabel_metrics(scores, top, top_k=0)  # any top-1 pick would be right here
     assert none["OP_top0"] == none["OR_top0"] == none["CP_top0"] == 0.0
