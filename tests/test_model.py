@@ -562,3 +562,43 @@ def test_tabulated_label_projections_give_the_same_logits_for_less_work(attentio
         torch.manual_seed(0)
         fresh = model.decode(memory, states)
     assert (stale - computed).abs().max() > 1e-4 and torch.equal(trained, fresh)
+
+
+def _random_biases(model: CTran) -> CTran:
+    """Every transformer bias made non-zero (attention's are zero at initialisation, never after training)."""
+    with torch.no_grad():
+        for name, value in model.encoder.named_parameters():
+            if name.endswith("bias"):
+                value.copy_(torch.randn_like(value) * 0.5)
+    return model
+
+
+@pytest.mark.parametrize("attention", ["full", "one_way"])
+def test_fast_paths_use_the_attention_biases_like_the_module_does(attention):
+    """The fused-kernel paths (forward, decode of encode, the Q/K/V table) against the path through
+    ``nn.MultiheadAttention`` itself (``return_attention=True``), with non-zero biases everywhere."""
+    model = _random_biases(_small(attention=attention)).eval()
+    images, states = _images(2), _states(2)
+    with torch.no_grad():
+        reference = model(images, states, return_attention=True).logits
+        fast = model(images, states)
+        cached = model.decode(model.encode(images), states)
+        model.freeze_label_projections()
+        tabulated = model.decode(model.encode(images), states)
+    for logits in (fast, cached, tabulated):
+        torch.testing.assert_close(logits, reference, atol=1e-5, rtol=0)
+
+
+def test_label_projection_table_in_bf16_matches_bf16_decoding():
+    """A table made for bf16 (``freeze_label_projections(torch.bfloat16)``, as fusion does for bf16) holds
+    what decode computes under bf16 autocast, within bf16 rounding."""
+    model = _random_biases(_small(attention="one_way")).eval()
+    images, states = _images(2), _states(2)
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
+        memory = model.encode(images)
+        computed = model.decode(memory, states).float()
+    model.freeze_label_projections(torch.bfloat16)
+    assert model.label_qkv.dtype == torch.bfloat16
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
+        looked_up = model.decode(memory, states).float()
+    torch.testing.assert_close(looked_up, computed, atol=0.05, rtol=0)
