@@ -39,6 +39,7 @@ from common import (
     make_model,
     markdown_table,
     mixed_states,
+    print_rows,
     rates,
     reference_prepared,
     setup,
@@ -129,12 +130,11 @@ def main(argv: list[str] | None = None) -> dict:
     for labels in [int(x) for x in args.labels.split(",") if x.strip()]:
         for variant in variants:
             rows += bench(labels, variant, args, device)
-            print(markdown_table(rows[-len(steps_for(variant)) :]).split("\n", 2)[2], flush=True)
+            print_rows(rows[-len(steps_for(variant)) :])
     print(markdown_table(rows))
     for row in rows:
         print(f"{row['name']}: {row['gain_over_previous']:.3f}x over {row['previous']}")
     write_report(args.out, "ablation", machine_info(device), rows)
-    print(f"wrote {args.out}")
     return {"rows": rows}
 
 

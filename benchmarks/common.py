@@ -310,7 +310,14 @@ def write_report(path: Path, benchmark: str, machine: dict, rows: list[dict], **
     """``{"benchmark", "machine", "rows", "command", ...}`` as JSON (atomically); ``command`` defaults to
     this process's command line, so every result file says how it was made."""
     extra.setdefault("command", "python " + " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]))
-    return write_json(path, {"benchmark": benchmark, "machine": machine, "rows": rows, **extra})
+    written = write_json(path, {"benchmark": benchmark, "machine": machine, "rows": rows, **extra})
+    print(f"wrote {path}")
+    return written
+
+
+def print_rows(rows: list[dict]) -> None:
+    """The Markdown lines of rows just measured, without the header: a long script's progress."""
+    print(markdown_table(rows).split("\n", 2)[2], flush=True)
 
 
 def base_parser(description: str, name: str) -> argparse.ArgumentParser:

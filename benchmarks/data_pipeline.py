@@ -25,6 +25,7 @@ from common import (
     contract_row,
     machine_info,
     markdown_table,
+    print_rows,
     setup,
     write_photo_dataset,
     write_report,
@@ -69,7 +70,7 @@ def loader_rows(args, folder: Path) -> list[dict]:
                 details |= {f"train_step_per_s_{k}": v for k, v in train_rates.items()}
                 details["headroom"] = round(rate / max(train_rates.values()), 1)
             rows.append(contract_row(f"data_{name}_w{workers}", count, [count / rate], None, **details))
-            print(markdown_table(rows[-1:]).split("\n", 2)[2], flush=True)
+            print_rows(rows[-1:])
     return rows
 
 
@@ -89,7 +90,6 @@ def main(argv: list[str] | None = None) -> dict:
         rows = loader_rows(args, folder)
     print(markdown_table(rows))
     write_report(args.out, "data_pipeline", machine_info(device), rows)
-    print(f"wrote {args.out}")
     return {"rows": rows}
 
 

@@ -44,6 +44,7 @@ from common import (
     markdown_table,
     mixed_states,
     prepared,
+    print_rows,
     rates,
     reference_prepared,
     run_with_peak,
@@ -185,7 +186,7 @@ def paper_rows(settings: list, args, peaks: dict[str, float], device: torch.devi
         if not args.quick:
             budget = Budget(budget.seconds, least=HEADLINE_ROUNDS, fixed=budget.fixed)
         rows += bench(f"infer_r101_{size}_L{labels}_b{batch}", model, images, states, variants, peaks, budget)
-        print(markdown_table(rows[-len(variants) :]).split("\n", 2)[2], flush=True)
+        print_rows(rows[-len(variants) :])
     return rows
 
 
@@ -249,7 +250,6 @@ def main(argv: list[str] | None = None) -> dict:
         bf16_logit_tolerance=BF16_ATOL,
         digits_map_check=check,
     )
-    print(f"wrote {args.out}")
     return {"rows": rows, "digits_map_check": check, "peaks": peaks}
 
 

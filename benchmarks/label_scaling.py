@@ -36,6 +36,7 @@ from common import (
     memory_gib,
     mixed_states,
     prepared,
+    print_rows,
     run_with_peak,
     setup,
     time_interleaved,
@@ -132,13 +133,12 @@ def main(argv: list[str] | None = None) -> dict:
         runs += [(int(x), 1) for x in args.batch_1_labels.split(",") if x.strip()]
     for count, batch in runs:
         rows.append(bench_labels(count, args, peaks, device, batch))
-        print(markdown_table(rows[-1:]).split("\n", 2)[2], flush=True)
+        print_rows(rows[-1:])
     print(markdown_table(rows))
     for row in rows:
         if "ref_failed" in row:
             print(f"L={row['labels']}: reference {row['ref_failed']}")
     write_report(args.out, "label_scaling", machine_info(device), rows)
-    print(f"wrote {args.out}")
     return {"rows": rows}
 
 

@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> dict:
     machine = {**machine_info(device), "load_average_1min_at_start": started["load_average_1min"]}
     write_report(args.out, "one_way", machine, recondition + sweeps)
     args.out.with_suffix(".md").write_text(table)
-    print(f"wrote {args.out} and {args.out.with_suffix('.md')}")
+    print(f"wrote {args.out.with_suffix('.md')}")
     return {"recondition": recondition, "sweeps": sweeps}
 
 

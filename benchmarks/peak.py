@@ -103,7 +103,6 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{rows[-1]['name']}: {flops['gflops']:.1f} GFLOPs/image ({flops['gflops_decode']:.1f} decode)")
     peaks_gflops = {name: round(rate / 1e9, 1) for name, rate in peaks.items()}
     write_report(args.out, "peak", machine_info(device), rows, matmul_peak_gflops=peaks_gflops)
-    print(f"wrote {args.out}")
     return {"peaks": peaks, "rows": rows}
 
 

@@ -129,7 +129,6 @@ def main(argv: list[str] | None = None) -> dict:
             tables.append(markdown(f"{setting} ({v.numerics} on both)", result))
             print(tables[-1] + "\n", flush=True)
     write_report(args.out, "profile", machine_info(device), results, markdown="\n\n".join(tables))
-    print(f"wrote {args.out}")
     return {"rows": results}
 
 

@@ -108,7 +108,6 @@ def main(argv: list[str] | None = None) -> dict:
         if "ref_failed" in row:
             print(f"L={row['labels']}: reference not run: {row['ref_failed']}")
     write_report(args.out, "readout", machine_info(device), rows)
-    print(f"wrote {args.out}")
     return {"rows": rows}
 
 

@@ -214,7 +214,6 @@ def main(argv: list[str] | None = None) -> dict:
         else:
             print(f"{row['name']}: sweep {row['speedup_vs_ours_four_passes']:.2f}x faster than four passes")
     write_report(args.out, "recondition", machine_info(device), rows)
-    print(f"wrote {args.out}")
     return {"rows": rows}
 
 

@@ -34,6 +34,7 @@ from common import (
     make_model,
     markdown_table,
     mixed_states,
+    print_rows,
     rates,
     run_with_peak,
     setup,
@@ -150,10 +151,9 @@ def main(argv: list[str] | None = None) -> dict:
     rows = []
     for name in names:
         rows += bench_model(name, args, peaks, device)
-        print(markdown_table(rows[-2:]).split("\n", 2)[2], flush=True)
+        print_rows(rows[-2:])
     print(markdown_table(rows))
     write_report(args.out, "training", machine_info(device), rows)
-    print(f"wrote {args.out}")
     return {"rows": rows}
 
 
