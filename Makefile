@@ -46,7 +46,7 @@ soak: $(STAMP)
 # runs/mutants/report.md and report.json (survivors listed). Not part of `make test`. A stopped run resumes:
 # mutmut keeps its results in mutants/ and re-checks only functions that changed (`make clean` starts over).
 mutants: $(STAMP)
-	$(BIN)/mutmut run --max-children $(or $(JOBS),2) || true
+	OMP_NUM_THREADS=1 $(BIN)/mutmut run --max-children $(or $(JOBS),2) || true
 	$(BIN)/python scripts/mutation_report.py --out runs/mutants
 
 clean:
