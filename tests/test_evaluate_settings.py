@@ -121,3 +121,54 @@ def test_bad_settings_are_refused_before_loading(tmp_path, flags, message, capsy
         assert main(["evaluate", "--checkpoint", str(tmp_path / "missing.pt"), *flags]) == 2
     err = capsys.readouterr().err
     assert message in err and "missing.pt" not in err
+
+
+def _two_ranks(obj: tuple, ctx) -> list[tuple]:
+    """``gather_objects`` as under two processes: each rank scored every other image, and the shards arrive
+    so that concatenating them is out of image order."""
+    assert ctx.world_size == 2
+    return [tuple(t[1::2] for t in obj), tuple(t[0::2] for t in obj)]
+
+
+def test_scores_gathered_from_shards_are_put_back_in_image_order(digits_checkpoint, monkeypatch) -> None:
+    from ctran.training import evaluation, trainer
+    from ctran.training.distributed import DistContext
+
+    model, _ = ctran.checkpoint.load_checkpoint(digits_checkpoint)
+    loader = eval_loader(ctran.data.load_digit_scenes("test", 0, 40), 16)
+    settings = [Setting(), Setting(0.5, True)]
+    alone = evaluate(model, loader, settings)
+    direct = collect_scores(model, loader, settings)
+    monkeypatch.setattr(evaluation, "gather_objects", _two_ranks)
+    monkeypatch.setattr(trainer, "gather_objects", _two_ranks)
+    two = DistContext(world_size=2)
+    assert evaluate(model, loader, settings, ctx=two) == alone
+    for setting, scores in trainer.gathered_scores(model, loader, settings, 0, two, "fp32").items():
+        for got, want in zip(scores, direct[setting], strict=True):
+            assert torch.equal(got, want)
+    assert trainer.gathered_scores(model, loader, settings, 0, DistContext(), "fp32").keys() == direct.keys()
+
+
+def test_merge_shards_orders_rows_by_image_index() -> None:
+    from ctran.training.evaluation import merge_shards
+
+    rows = torch.arange(5.0)[:, None]  # (5, 1): row i belongs to image i
+    shards = [(rows[[4, 1]], rows[[4, 1]] + 10, rows[[4, 1]] > 2, torch.tensor([4, 1]))]
+    shards.append((rows[[0, 3, 2]], rows[[0, 3, 2]] + 10, rows[[0, 3, 2]] > 2, torch.tensor([0, 3, 2])))
+    probs, truth, scored, indices = merge_shards(shards)
+    assert indices.tolist() == [0, 1, 2, 3, 4]
+    assert probs.flatten().tolist() == [0, 1, 2, 3, 4] and truth.flatten().tolist() == [10, 11, 12, 13, 14]
+    assert scored.flatten().tolist() == [False, False, False, True, True]
+
+
+def test_evaluate_defaults_seed_zero_quiet_and_names_from_the_dataset(digits_checkpoint, capsys) -> None:
+    model, _ = ctran.checkpoint.load_checkpoint(digits_checkpoint)
+    dataset = ctran.data.load_digit_scenes("test", 0, 40)
+    loader = eval_loader(dataset, 16)
+    partial = [Setting(0.5)]
+    default = evaluate(model, loader, partial)
+    assert default == evaluate(model, loader, partial, seed=0) != evaluate(model, loader, partial, seed=1)
+    assert capsys.readouterr().err == ""
+    assert list(default["partial"]["0.5"]["per_label"]) == list(dataset.target_names)
+    renamed = evaluate(model, loader, partial, label_names=[f"t{i}" for i in range(16)])
+    assert list(renamed["partial"]["0.5"]["per_label"]) == [f"t{i}" for i in range(16)]

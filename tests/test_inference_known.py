@@ -92,3 +92,25 @@ def test_unknown_label_without_close_names_previews_twelve_of_them() -> None:
     names = [f"label_{i:02d}" for i in range(13)]
     assert str(unknown_label("zzz", names[:12])).endswith("labels are: " + ", ".join(names[:12]))
     assert str(unknown_label("zzz", names)).endswith(", ".join(names[:12]) + ", ... (13 in all)")
+
+
+def test_error_messages_name_the_label_the_flag_and_the_close_matches() -> None:
+    from ctran.inference.known import unknown_label
+
+    with pytest.raises(CTranError, match=r"^--extra: value 'maybe' for label 'cat' is not one of 1/0"):
+        parse_spec("cat=maybe", flag="--extra")
+    with pytest.raises(CTranError, match=r"^label 'cat': expected True/False \(or 1/0\), got array"):
+        label_states(["cat", "dog"], [], {"cat": np.array([1, 0])})
+    with pytest.raises(CTranError, match="unknown target label 'cow'"):
+        label_states(["cat", "dog"], [], {"dog": True, "cow": True})  # checked after a valid name too
+    assert str(unknown_label("zzz", ["cat", "dog"])) == "unknown label 'zzz'; labels are: cat, dog"
+    assert str(unknown_label("abcd", ["abxy"])) == "unknown label 'abcd'; closest: abxy"  # similarity 0.5
+    many = [f"cat{i}" for i in range(7)]
+    assert str(unknown_label("cat", many, "target")) == (
+        "unknown target label 'cat'; closest: cat6, cat5, cat4, cat3, cat2"
+    )
+
+
+def test_label_states_are_long_integers() -> None:
+    states = label_states(["cat", "dog"], ["indoor"], {"cat": True}, {"indoor": False})
+    assert states.dtype == torch.long and states.tolist() == [1, -1, 0]

@@ -10,10 +10,11 @@ import torch
 from PIL import Image
 
 import ctran
-from ctran.checkpoint import load_checkpoint
+from ctran.checkpoint import load_checkpoint, save_checkpoint
 from ctran.data.transforms import eval_transform, load_image
 from ctran.errors import CTranError
 from ctran.inference import Features, Prediction, Predictor
+from ctran.model import build_baseline
 
 TARGETS = ["cat", "dog", "person", "car"]
 
@@ -209,3 +210,124 @@ def test_numpy_images_are_read_like_pil_images_and_tensors(tiny_checkpoint: Path
     assert from_float.probs == pytest.approx(from_file.probs, abs=1e-6)
     with pytest.raises(CTranError, match="uint8 pixels"):
         predictor.predict(pixels.astype(np.int64))
+
+
+def test_ids_sizes_and_messages_of_each_input_kind(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    predictor = ctran.load(tiny_checkpoint)
+    pixels, name, size = predictor.read(torch.zeros(3, 40, 56))
+    assert name == "tensor 0" and size == (56, 40) and pixels.dtype == torch.float32
+    assert predictor.read(Image.new("RGB", (30, 20)))[1:] == ("image 0", (30, 20))
+    assert predictor.read(Image.new("RGB", (30, 20)), position=4)[1] == "image 4"
+    with pytest.raises(CTranError, match=r"got \(1, 48, 48\)$"):
+        predictor.read(torch.zeros(1, 48, 48))
+    with pytest.raises(
+        CTranError, match=r"^image tensors must be float and normalised \(see Predictor\.normalization\)$"
+    ):
+        predictor.read(torch.zeros(3, 48, 48, dtype=torch.uint8))
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    with pytest.raises(CTranError, match=r"broken.png: cannot read image \(UnidentifiedImageError: "):
+        predictor.read(broken)
+    model, meta = load_checkpoint(tiny_checkpoint)
+    sizeless = Predictor(model, meta["target_names"], meta["extra_names"])
+    path = _image(tmp_path / "a.png")
+    with pytest.raises(CTranError, match=rf"^{path}: this checkpoint stores no image size"):
+        sizeless.read(path)
+    with pytest.raises(CTranError, match=r"^image 0: this checkpoint stores no image size"):
+        sizeless.read(Image.open(path).convert("RGB"))
+
+
+def test_names_replace_the_ids_batch_by_batch(tiny_checkpoint: Path) -> None:
+    predictor = ctran.load(tiny_checkpoint)
+    pixels = torch.randn(5, 3, 48, 48, generator=torch.Generator().manual_seed(0))
+    names = [f"photo {i}" for i in range(5)]
+    assert [r.image for r in predictor.predict(pixels, names=names, batch_size=2)] == names
+    assert predictor.encode(pixels, names=names, batch_size=2).images == names
+    with pytest.raises(CTranError, match="^4 names for 5 images$"):
+        predictor.predict(pixels, names=names[:4])
+    with pytest.raises(CTranError, match="^no images given$"):
+        predictor.encode([])
+    with pytest.raises(CTranError, match=r"share a size, got .* \(in tensor 0, tensor 1\)$"):
+        predictor.predict([torch.zeros(3, 48, 48), torch.zeros(3, 56, 56)])
+
+
+def test_progress_bar_counts_images_and_clears_itself(tiny_checkpoint: Path, capsys) -> None:
+    predictor = ctran.load(tiny_checkpoint)
+    pixels = torch.zeros(3, 3, 48, 48)
+    predictor.predict(pixels, batch_size=2)
+    assert capsys.readouterr().err == ""
+    predictor.predict(pixels, batch_size=2, progress=True)
+    err = capsys.readouterr().err
+    assert "predict:" in err and "0/3" in err and "img/s" in err
+    assert not err.endswith("\n")  # leave=False: no finished bar left behind between outputs
+
+
+def test_state_rows_are_decoded_in_chunks_of_batch_size(tiny_checkpoint: Path) -> None:
+    whole, chunked = ctran.load(tiny_checkpoint, batch_size=64), ctran.load(tiny_checkpoint, batch_size=2)
+    pixels = torch.randn(5, 3, 48, 48, generator=torch.Generator().manual_seed(1))
+    specs = [{"cat": True}, {}, {"dog": False}, {"car": True}, {"person": False}]
+    features = whole.encode(pixels)
+    for a, b in zip(whole.condition(features, specs), chunked.condition(features, specs), strict=True):
+        assert a.probs == pytest.approx(b.probs, abs=1e-6) and a.known == b.known
+    # one image's memory for many state rows, as suggest uses it (2 x 4 candidates > batch_size rows)
+    for a, b in zip(whole.suggest(features, k=4), chunked.suggest(features, k=4), strict=True):
+        assert [s.label for s in a] == [s.label for s in b]
+        assert [s.information for s in a] == pytest.approx([s.information for s in b], abs=1e-6)
+
+
+def test_states_name_the_argument_and_allow_an_empty_batch(tiny_checkpoint: Path) -> None:
+    predictor = ctran.load(tiny_checkpoint)
+    empty = predictor.states(None, None, 0)
+    assert empty.shape == (0, 6) and empty.dtype == torch.long
+    with pytest.raises(CTranError, match="^known: 1 label dicts for 2 images"):
+        predictor.states([{}], None, 2)
+    with pytest.raises(CTranError, match="^extra: 3 label dicts for 2 images"):
+        predictor.states(None, [{}, {}, {}], 2)
+    with pytest.raises(
+        CTranError, match="^this checkpoint stores no calibrated thresholds; give a threshold"
+    ):
+        Predictor(predictor.model, TARGETS, ["indoor", "outdoor"]).cutoffs("calibrated")
+
+
+def test_a_probability_equal_to_the_threshold_is_predicted(tiny_checkpoint: Path) -> None:
+    predictor = ctran.load(tiny_checkpoint)
+    [result] = predictor.predict(torch.zeros(3, 48, 48))
+    cut = result.probs["cat"]
+    [again] = predictor.predict(torch.zeros(3, 48, 48), threshold=cut)
+    assert "cat" in again.predicted
+    assert all(again.probs[n] >= cut for n in again.predicted)
+
+
+def test_reduced_precision_follows_fp32(tiny_checkpoint: Path) -> None:
+    fp32, bf16 = ctran.load(tiny_checkpoint), ctran.load(tiny_checkpoint, precision="bf16")
+    pixels = torch.randn(2, 3, 48, 48, generator=torch.Generator().manual_seed(2))
+    for a, b in zip(
+        fp32.predict(pixels, known={"cat": True}), bf16.predict(pixels, known={"cat": True}), strict=True
+    ):
+        assert a.probs == pytest.approx(b.probs, abs=0.05)
+
+
+def test_load_defaults_and_refuses_a_baseline(tmp_path: Path) -> None:
+    model = build_baseline(4, backbone="small_cnn")
+    path = save_checkpoint(
+        tmp_path / "b.pt", model, {"kind": "baseline", "backbone": "small_cnn", "num_labels": 4}, TARGETS, ()
+    )
+    with pytest.raises(
+        CTranError, match=r"b.pt holds a PooledLinear, not C-Tran; only C-Tran takes known labels$"
+    ):
+        ctran.load(path)
+
+
+def test_single_channel_rgba_and_other_arrays(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    predictor = ctran.load(tiny_checkpoint)
+    path = _image(tmp_path / "a.png")
+    grey = np.asarray(Image.open(path).convert("L"))  # (H, W)
+    rgba = np.asarray(Image.open(path).convert("RGBA"))  # (H, W, 4)
+    [from_grey] = predictor.predict(grey)
+    [from_channel] = predictor.predict(grey[..., None])  # (H, W, 1)
+    assert from_channel.probs == pytest.approx(from_grey.probs, abs=1e-6)
+    [from_rgba] = predictor.predict(rgba)
+    assert from_rgba.probs == pytest.approx(predictor.predict(Image.fromarray(rgba))[0].probs, abs=1e-6)
+    for bad in (np.zeros((20, 30, 2), np.uint8), np.zeros((20, 30, 5), np.uint8)):
+        with pytest.raises(CTranError, match="uint8 pixels"):
+            predictor.predict(bad)

@@ -276,3 +276,16 @@ def test_top_k_breaks_ties_by_label_order_and_top_0_predicts_nothing() -> None:
     assert out["OP_top2"] == pytest.approx(25.0)
     none = multilabel_metrics(scores, top, top_k=0)  # any top-1 pick would be right here
     assert none["OP_top0"] == none["OR_top0"] == none["CP_top0"] == 0.0
+
+
+def test_precision_and_recall_are_computed_in_float64() -> None:
+    """Counts are divided in float64: the percentages equal scikit-learn's to 1e-9, beyond float32's reach."""
+    scores, targets = _random_problem(7, n=999, n_labels=7, decimals=2)
+    metrics = multilabel_metrics(scores, targets)
+    for key, value in _sklearn_prf(scores >= 0.5, targets == 1).items():
+        assert metrics[key] == pytest.approx(value, abs=1e-9, rel=0), key
+
+
+def test_no_labels_at_all_gives_zero_precision_and_recall() -> None:
+    metrics = multilabel_metrics(np.zeros((4, 0)), np.zeros((4, 0), dtype=np.int64))
+    assert metrics["CP"] == metrics["CR"] == metrics["CF1"] == 0.0

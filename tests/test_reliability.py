@@ -59,8 +59,15 @@ def test_non_finite_steps_are_skipped_then_training_stops_naming_causes(tmp_path
         checkpoint_meta=meta,
         progress=False,
     )
-    with pytest.raises(CTranError, match=r"3 consecutive steps.*train\.lr.*fp16.*last good checkpoint"):
+    with pytest.raises(CTranError) as stopped:
         trainer.fit()
+    assert str(stopped.value) == (
+        "training stopped at epoch 2: 3 consecutive steps had a non-finite loss or gradient. Likely causes: "
+        "a learning rate too high (train.lr), fp16 overflow (train.precision=bf16 or fp32), or corrupt "
+        f"inputs. The last good checkpoint is untouched ({tmp_path / 'last.pt'})"
+    )
+    assert trainer.bad_steps == trainer.skipped_steps == 3
+    assert all(p.grad is None for p in trainer.model.parameters())  # the bad gradients were dropped
     state = read_checkpoint(tmp_path / "last.pt")  # epoch 1 was clean: its checkpoint is intact
     assert state["training_state"]["epoch"] == 1
     assert all(

@@ -439,9 +439,11 @@ TINY_RUN = [
 # ---------------------------------------------------------------- resuming
 
 
-def test_resume_continues_exactly_where_the_stopped_run_left_off(tmp_path: Path) -> None:
-    """Two epochs, then a resume to three, equal three straight epochs: weights, optimiser, history, RNG."""
-    config = _config("train.epochs=3", "train.label_mask=true")
+@pytest.mark.parametrize("ema", ["0.0", "0.9"])
+def test_resume_continues_exactly_where_the_stopped_run_left_off(tmp_path: Path, ema: str) -> None:
+    """Two epochs, then a resume to three, equal three straight epochs: weights, optimiser, EMA, history,
+    thresholds, RNG."""
+    config = _config("train.epochs=3", "train.label_mask=true", f"train.ema_decay={ema}")
     train = _scenes("train", 16)
     options = model_config(config, len(train.label_names))
     meta = {"model_config": options, "target_names": train.target_names, "extra_names": train.extra_names}
@@ -457,7 +459,9 @@ def test_resume_continues_exactly_where_the_stopped_run_left_off(tmp_path: Path)
         progress=False,
     )
     assert [row["epoch"] for row in result.history] == [1, 2, 3]
-    _trainer(_config("train.epochs=2", "train.label_mask=true"), out_dir=tmp_path / "b").fit()
+    _trainer(
+        _config("train.epochs=2", "train.label_mask=true", f"train.ema_decay={ema}"), out_dir=tmp_path / "b"
+    ).fit()
     torch.manual_seed(123)  # the resumed run must take its RNG state from last.pt, not from here
     resumed = _trainer(config, out_dir=tmp_path / "b")
     resumed_result = resumed.fit(resume=True)
@@ -472,6 +476,54 @@ def test_resume_continues_exactly_where_the_stopped_run_left_off(tmp_path: Path)
     assert b["training_state"]["best_epoch"] == a["training_state"]["best_epoch"]
     assert b["training_state"]["scheduler"] == a["training_state"]["scheduler"]
     torch.testing.assert_close(b["training_state"]["rng"][0]["torch"], a["training_state"]["rng"][0]["torch"])
+    for key in ("thresholds", "best_val_map", "bad_epochs", "stopped_early", "scaler"):
+        assert b["training_state"][key] == a["training_state"][key], key
+    _assert_same(b["training_state"]["optimizer"]["state"][0], a["training_state"]["optimizer"]["state"][0])
+    assert resumed_result.thresholds == result.thresholds
+    if ema == "0.0":
+        assert a["training_state"]["ema"] is None and b["training_state"]["ema"] is None
+    else:
+        _assert_same(b["training_state"]["ema"], a["training_state"]["ema"])
+        _assert_same(resumed.ema.module.state_dict(), a["training_state"]["ema"])
+
+
+def test_every_epoch_is_logged_to_metrics_csv_and_tensorboard(tmp_path: Path) -> None:
+    """Each epoch's row once in metrics.csv, and each of its columns but ``epoch`` as a TensorBoard scalar."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    result = _trainer(_config("train.epochs=2"), out_dir=tmp_path).fit()
+    with (tmp_path / "metrics.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["epoch"] for row in rows] == ["1", "2"]
+    assert [float(row["val_mAP"]) for row in rows] == pytest.approx([r["val_mAP"] for r in result.history])
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    columns = [column for column in rows[0] if column != "epoch"]
+    assert sorted(events.Tags()["scalars"]) == sorted(columns)
+    for column in columns:
+        assert [(e.step, e.value) for e in events.Scalars(column)] == [
+            (i + 1, pytest.approx(float(row[column]), rel=1e-6)) for i, row in enumerate(rows)
+        ]
+
+
+def test_without_tensorboard_training_says_so_once_and_keeps_metrics_csv(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_tensorboard(name: str, *args, **kwargs):
+        if name.startswith("torch.utils.tensorboard"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_tensorboard)
+    _trainer(_config("train.epochs=2"), out_dir=tmp_path).fit()
+    err = capsys.readouterr().err
+    assert err.count("ctran: TensorBoard logs are off") == 1
+    assert "pip install 'ctran[tensorboard]'); metrics.csv has every epoch" in err
+    assert not (tmp_path / "tensorboard").exists() and (tmp_path / "metrics.csv").is_file()
 
 
 def test_resume_without_training_state_names_the_file(tmp_path: Path) -> None:

@@ -186,9 +186,8 @@ def _prf(pred: torch.Tensor, positive: torch.Tensor, suffix: str) -> dict[str, f
     ``pred`` and ``positive`` must already be False on unscored entries, which makes those entries count
     as neither predicted nor true.
     """
-    tp_l = (pred & positive).sum(dim=0).to(torch.float64)  # (L,)
-    pred_l = pred.sum(dim=0).to(torch.float64)  # (L,)
-    pos_l = positive.sum(dim=0).to(torch.float64)  # (L,)
+    counts = torch.stack([(pred & positive).sum(dim=0), pred.sum(dim=0), positive.sum(dim=0)])  # (3, L)
+    tp_l, pred_l, pos_l = counts.to(torch.float64)  # (L,) each
     cp = float(_ratio(tp_l, pred_l).mean()) * 100.0 if tp_l.numel() else 0.0
     cr = float(_ratio(tp_l, pos_l).mean()) * 100.0 if tp_l.numel() else 0.0
     tp, n_pred, n_pos = tp_l.sum(), pred_l.sum(), pos_l.sum()

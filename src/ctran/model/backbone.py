@@ -155,11 +155,9 @@ def _rename_by_position(
 def backbone_normalization(name: str) -> Normalization:
     """The input mean/std a backbone's pretrained weights expect (timm's pretrained config; ImageNet's for
     ``small_cnn`` and for models timm knows no config of)."""
-    if name == "small_cnn":
-        return IMAGENET
     from timm.models import get_pretrained_cfg
 
-    cfg = get_pretrained_cfg(name)
+    cfg = get_pretrained_cfg(name)  # None for small_cnn and for models timm knows no config of
     if cfg is None or cfg.mean is None or cfg.std is None:
         return IMAGENET
     return Normalization(tuple(cfg.mean), tuple(cfg.std))

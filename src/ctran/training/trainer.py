@@ -427,12 +427,12 @@ def _tensorboard_writer() -> type | None:
 
 def _rng_state() -> dict:
     state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if torch.cuda.is_available():  # pragma: no mutate (CUDA only)
+        state["cuda"] = torch.cuda.get_rng_state_all()  # pragma: no mutate (CUDA only)
     return state
 
 
 def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if "cuda" in state and torch.cuda.is_available():  # pragma: no mutate (CUDA only)
+        torch.cuda.set_rng_state_all(state["cuda"])  # pragma: no mutate (CUDA only)
