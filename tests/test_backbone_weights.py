@@ -41,12 +41,17 @@ def test_the_plain_weights_are_loaded_not_the_ema_copy(tmp_path: Path) -> None:
     _assert_loaded(build_backbone(NAME, weights_file=tmp_path / "w.pth"), state)
 
 
-def test_another_naming_scheme_loads_by_position_and_says_so(tmp_path: Path, capsys) -> None:
+@pytest.mark.parametrize("classifier", [True, False])
+def test_another_naming_scheme_loads_by_position_and_says_so(
+    tmp_path: Path, capsys, classifier: bool
+) -> None:
     state = _reference()
+    if not classifier:
+        state = {k: v for k, v in state.items() if not k.startswith("fc.")}
     renamed = {f"layer_{i:03d}": value for i, value in enumerate(state.values())}
     torch.save(renamed, tmp_path / "other.pth")
     _assert_loaded(build_backbone(NAME, weights_file=tmp_path / "other.pth"), state)
-    count = len(state) - 2  # the classifier's two tensors are left out
+    count = len(state) - 2 * classifier  # the classifier's two tensors are left out
     assert capsys.readouterr().out == (
         f"other.pth: names differ from the model's; loaded {count} tensors by position (shapes match)\n"
     )
