@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ctran.errors import CTranError
-from ctran.model import backbone_normalization, build_backbone
+from ctran.model import backbone_normalization, build_backbone, build_baseline
 from ctran.normalization import IMAGENET
 
 NAME = "resnet18"
@@ -94,3 +94,12 @@ def test_normalisation_comes_from_the_backbones_pretrained_config() -> None:
     assert backbone_normalization(NAME) == IMAGENET
     tf = backbone_normalization("tf_efficientnet_lite0")
     assert tf.mean == (0.5, 0.5, 0.5) and tf.std == (0.5, 0.5, 0.5)
+
+
+def test_build_baseline_passes_its_backbone_options_on(tmp_path: Path) -> None:
+    assert build_baseline(3).backbone.body.default_cfg["architecture"] == "resnet101"  # the paper's
+    state = _reference()
+    torch.save(state, tmp_path / "w.pth")
+    _assert_loaded(build_baseline(3, backbone=NAME, backbone_weights=tmp_path / "w.pth").backbone, state)
+    with pytest.raises(CTranError, match="small_cnn has no pretrained weights"):
+        build_baseline(3, backbone="small_cnn", pretrained=True)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ctran.errors import CTranError
-from ctran.inference.known import label_states, parse_spec
+from ctran.inference.known import label_states, parse_spec, unknown_label
 
 TARGETS = ["person", "car", "bicycle", "dog"]
 EXTRAS = ["context_beach", "context_street"]
@@ -87,16 +87,12 @@ def test_label_names_may_contain_equals_signs_and_errors_name_the_flag() -> None
 
 
 def test_unknown_label_without_close_names_previews_twelve_of_them() -> None:
-    from ctran.inference.known import unknown_label
-
     names = [f"label_{i:02d}" for i in range(13)]
     assert str(unknown_label("zzz", names[:12])).endswith("labels are: " + ", ".join(names[:12]))
     assert str(unknown_label("zzz", names)).endswith(", ".join(names[:12]) + ", ... (13 in all)")
 
 
 def test_error_messages_name_the_label_the_flag_and_the_close_matches() -> None:
-    from ctran.inference.known import unknown_label
-
     with pytest.raises(CTranError, match=r"^--extra: value 'maybe' for label 'cat' is not one of 1/0"):
         parse_spec("cat=maybe", flag="--extra")
     with pytest.raises(CTranError, match=r"^label 'cat': expected True/False \(or 1/0\), got array"):

@@ -618,20 +618,3 @@ def test_position_embedding_is_made_in_float32_on_the_requested_device():
     assert wide.dtype == torch.float64 and torch.equal(wide, reference.double())
     assert pe(3, 5, torch.device("meta"), torch.bfloat16).device.type == "meta"
     assert one_way_mask(4, 2, torch.device("meta")).device.type == "meta"
-
-
-def test_build_baseline_passes_its_backbone_options_on(tmp_path):
-    from ctran.model import build_baseline
-
-    assert build_baseline(3).backbone.body.default_cfg["architecture"] == "resnet101"  # the paper's
-    torch.manual_seed(0)
-    weights = {
-        k: torch.rand_like(v.float()).to(v.dtype)
-        for k, v in ctran.model.build_backbone("resnet18").body.state_dict().items()
-    }
-    torch.save(weights, tmp_path / "w.pth")
-    baseline = build_baseline(3, backbone="resnet18", backbone_weights=tmp_path / "w.pth")
-    for key, value in baseline.backbone.body.state_dict().items():
-        assert torch.equal(value, weights[key]), key
-    with pytest.raises(CTranError, match="small_cnn has no pretrained weights"):
-        build_baseline(3, backbone="small_cnn", pretrained=True)

@@ -487,23 +487,29 @@ def test_resume_continues_exactly_where_the_stopped_run_left_off(tmp_path: Path,
         _assert_same(resumed.ema.module.state_dict(), a["training_state"]["ema"])
 
 
-def test_every_epoch_is_logged_to_metrics_csv_and_tensorboard(tmp_path: Path) -> None:
-    """Each epoch's row once in metrics.csv, and each of its columns but ``epoch`` as a TensorBoard scalar."""
+def _assert_tensorboard_matches_metrics_csv(run: Path) -> list[dict]:
+    """Each metrics.csv column but ``epoch`` is a TensorBoard scalar with the same value at each epoch."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    result = _trainer(_config("train.epochs=2"), out_dir=tmp_path).fit()
-    with (tmp_path / "metrics.csv").open() as handle:
+    with (run / "metrics.csv").open() as handle:
         rows = list(csv.DictReader(handle))
-    assert [row["epoch"] for row in rows] == ["1", "2"]
-    assert [float(row["val_mAP"]) for row in rows] == pytest.approx([r["val_mAP"] for r in result.history])
-    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events = EventAccumulator(str(run / "tensorboard"))
     events.Reload()
     columns = [column for column in rows[0] if column != "epoch"]
     assert sorted(events.Tags()["scalars"]) == sorted(columns)
     for column in columns:
         assert [(e.step, e.value) for e in events.Scalars(column)] == [
-            (i + 1, pytest.approx(float(row[column]), rel=1e-6)) for i, row in enumerate(rows)
-        ]
+            (int(row["epoch"]), pytest.approx(float(row[column]), rel=1e-6)) for row in rows
+        ], column
+    return rows
+
+
+def test_every_epoch_is_logged_to_metrics_csv_and_tensorboard(tmp_path: Path) -> None:
+    """Each epoch's row once in metrics.csv, and each of its columns but ``epoch`` as a TensorBoard scalar."""
+    result = _trainer(_config("train.epochs=2"), out_dir=tmp_path).fit()
+    rows = _assert_tensorboard_matches_metrics_csv(tmp_path)
+    assert [row["epoch"] for row in rows] == ["1", "2"]
+    assert [float(row["val_mAP"]) for row in rows] == pytest.approx([r["val_mAP"] for r in result.history])
 
 
 def test_without_tensorboard_training_says_so_once_and_keeps_metrics_csv(
@@ -547,20 +553,8 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.slow
 def test_tensorboard_scalars_equal_metrics_csv(tiny_run: Path) -> None:
     """Every metrics.csv column (but ``epoch``) is a TensorBoard scalar with the same value at each epoch."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    with (tiny_run / "metrics.csv").open() as handle:
-        rows = list(csv.DictReader(handle))
+    rows = _assert_tensorboard_matches_metrics_csv(tiny_run)
     assert [row["epoch"] for row in rows] == ["1", "2"]
-    events = EventAccumulator(str(tiny_run / "tensorboard"))
-    events.Reload()
-    columns = [column for column in rows[0] if column != "epoch"]
-    assert sorted(events.Tags()["scalars"]) == sorted(columns)
-    for column in columns:
-        scalars = events.Scalars(column)
-        assert [event.step for event in scalars] == [1, 2], column
-        expected = [float(row[column]) for row in rows]
-        assert [event.value for event in scalars] == pytest.approx(expected, rel=1e-6), column
 
 
 @pytest.mark.slow
