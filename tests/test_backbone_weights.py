@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from ctran.errors import CTranError
-from ctran.model import backbone_normalization, build_backbone, build_baseline
-from ctran.normalization import IMAGENET
+from ctran.model import backbone_normalization, build_backbone, build_baseline, build_from_config, build_model
+from ctran.normalization import IMAGENET, Normalization
+from ctran.states import unknown_states
 
 NAME = "resnet18"
 
@@ -103,3 +104,129 @@ def test_build_baseline_passes_its_backbone_options_on(tmp_path: Path) -> None:
     _assert_loaded(build_baseline(3, backbone=NAME, backbone_weights=tmp_path / "w.pth").backbone, state)
     with pytest.raises(CTranError, match="small_cnn has no pretrained weights"):
         build_baseline(3, backbone="small_cnn", pretrained=True)
+
+
+def _timm_names(message: str) -> list[str]:
+    return message.split("similar timm models: ")[1].split(", ")
+
+
+def test_an_unknown_name_suggests_at_most_eight_real_timm_models_or_none() -> None:
+    """A typo gets a short, readable list of real model names to copy; a hopeless name says 'none'."""
+    import timm
+
+    with pytest.raises(CTranError) as typo:
+        build_backbone("resnet10l")  # timm has far more than eight names this close
+    assert str(typo.value).startswith("unknown backbone 'resnet10l'; similar timm models: ")
+    listed = _timm_names(str(typo.value))
+    assert len(listed) == 8 and "resnet101" in listed
+    assert all(timm.is_model(name) for name in listed)
+    with pytest.raises(CTranError) as hopeless:
+        build_backbone("zzzqqqxx")
+    assert str(hopeless.value) == "unknown backbone 'zzzqqqxx'; similar timm models: none"
+
+
+def test_timm_build_failures_name_the_model_and_the_cause() -> None:
+    """A bad pretrained tag or a model that cannot drop its pooling fails as a CTranError saying why."""
+    with pytest.raises(CTranError) as bad_tag:
+        build_backbone("resnet18.bogus")  # timm: RuntimeError, invalid pretrained tag
+    cause = bad_tag.value.__cause__
+    assert isinstance(cause, RuntimeError)
+    assert str(bad_tag.value) == f"cannot build timm model 'resnet18.bogus': RuntimeError: {cause}"
+    with pytest.raises(CTranError) as no_feature_map:
+        build_backbone("crossvit_tiny_240")  # timm asserts: only token or avg pooling
+    cause = no_feature_map.value.__cause__
+    assert isinstance(cause, AssertionError)
+    assert str(no_feature_map.value) == (
+        f"timm model 'crossvit_tiny_240' cannot be used as a backbone here: {cause}"
+    )
+
+
+def test_pretrained_weights_are_fetched_and_an_offline_failure_says_what_to_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pretrained=True really asks the hub (here offline, empty cache) and the error lists every way out."""
+    hub_constants = pytest.importorskip("huggingface_hub.constants")
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    with pytest.raises(CTranError) as offline:
+        build_backbone(NAME, pretrained=True)
+    cause = type(offline.value.__cause__).__name__
+    assert str(offline.value) == (
+        f"could not fetch pretrained weights for {NAME!r} ({cause}). Either let timm download them (this "
+        "machine needs internet access to the Hugging Face hub), or pass a local .pth or .safetensors "
+        "state dict with --backbone-weights FILE (model.backbone_weights=FILE in a config), or train from "
+        "scratch with model.pretrained=false"
+    )
+    with pytest.raises(CTranError) as again:
+        build_baseline(3, backbone=NAME, pretrained=True)
+    assert str(again.value) == str(offline.value)
+
+
+def test_small_cnn_refuses_weights_with_the_exact_hint() -> None:
+    """The message names the option to change, spelled as the Python argument."""
+    for options in ({"pretrained": True}, {"weights_file": "w.pth"}):
+        with pytest.raises(CTranError) as refused:
+            build_backbone("small_cnn", **options)
+        assert str(refused.value) == "small_cnn has no pretrained weights; use pretrained=False"
+
+
+def test_small_cnn_features_are_rectified_at_output_stride_8() -> None:
+    """Each conv is followed by BatchNorm and ReLU: the 6 x 6 feature map is non-negative, part zero."""
+    torch.manual_seed(0)
+    backbone = build_backbone("small_cnn").eval()
+    images = torch.randn(2, 3, 48, 48, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        features = backbone(images)  # (2, 128, 6, 6)
+    assert features.shape == (2, backbone.num_channels, 6, 6)
+    assert features.min() == 0 and (features > 0).any()
+
+
+def test_a_partial_pretrained_config_falls_back_to_imagenet(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A registered model whose config gives a mean but no std must not crash image preparation."""
+    import timm.models
+    from timm.models import PretrainedCfg
+
+    monkeypatch.setattr(
+        timm.models, "get_pretrained_cfg", lambda name: PretrainedCfg(mean=(0.5,) * 3, std=None)
+    )
+    assert backbone_normalization("my_model") == IMAGENET
+    monkeypatch.setattr(
+        timm.models, "get_pretrained_cfg", lambda name: PretrainedCfg(mean=(0.5,) * 3, std=(0.25,) * 3)
+    )
+    assert backbone_normalization("my_model") == Normalization((0.5,) * 3, (0.25,) * 3)
+
+
+def test_build_model_accepts_a_single_label_and_names_a_bad_count() -> None:
+    """One label is a valid multi-label problem; zero is refused with the value given."""
+    model = build_model(1, backbone="small_cnn", dim=16, layers=1, heads=2).eval()
+    with torch.no_grad():
+        logits = model(torch.zeros(2, 3, 48, 48), unknown_states(2, 1))  # (2, 1)
+    assert logits.shape == (2, 1)
+    with pytest.raises(ValueError) as refused:
+        build_model(0, backbone="small_cnn", dim=16)
+    assert str(refused.value) == "num_labels must be positive, got 0"
+
+
+def test_build_model_passes_the_feed_forward_width_on() -> None:
+    """ffn_dim sets every encoder layer's feed-forward width; the default is the paper's D."""
+    wide = build_model(2, backbone="small_cnn", dim=16, layers=2, heads=2, ffn_dim=24)
+    assert [layer.linear1.out_features for layer in wide.encoder.layers] == [24, 24]
+    plain = build_model(2, backbone="small_cnn", dim=16, layers=2, heads=2)
+    assert [layer.linear1.out_features for layer in plain.encoder.layers] == [16, 16]
+
+
+def test_a_checkpoint_config_never_loads_its_initial_backbone_weights(tmp_path: Path) -> None:
+    """Rebuilding from a checkpoint drops pretrained and backbone_weights: the checkpoint has the weights."""
+    initial = {
+        "num_labels": 3,
+        "backbone": "small_cnn",
+        "pretrained": True,
+        "backbone_weights": str(tmp_path / "gone.pth"),
+    }
+    for config in (
+        {"kind": "ctran", "dim": 16, "layers": 1, "heads": 2, **initial},
+        {"kind": "baseline", **initial},
+    ):
+        assert build_from_config(config).backbone.num_channels == 128
+        with pytest.raises(CTranError, match="small_cnn has no pretrained weights"):
+            build_from_config(config, initial_weights=True)

@@ -172,3 +172,32 @@ def test_evaluate_defaults_seed_zero_quiet_and_names_from_the_dataset(digits_che
     assert list(default["partial"]["0.5"]["per_label"]) == list(dataset.target_names)
     renamed = evaluate(model, loader, partial, label_names=[f"t{i}" for i in range(16)])
     assert list(renamed["partial"]["0.5"]["per_label"]) == [f"t{i}" for i in range(16)]
+
+
+def test_evaluate_passes_device_precision_and_progress_on(digits_checkpoint, capsys) -> None:
+    """``evaluate`` scores on the device and in the precision asked for, and shows a bar when asked to."""
+    from ctran.metrics import multilabel_metrics
+
+    model, _ = ctran.checkpoint.load_checkpoint(digits_checkpoint)
+    dataset = ctran.data.load_digit_scenes("test", 0, 8)
+    loader = eval_loader(dataset, 4)
+    setting = Setting(0.5)
+    results = evaluate(model, loader, [setting], device=torch.device("cpu"), precision="bf16", progress=True)
+    assert "evaluate" in capsys.readouterr().err  # the tqdm bar, on stderr
+    probs, truth, scored, _ = collect_scores(model, loader, [setting], 0, "cpu", "bf16")[setting]
+    expected = multilabel_metrics(probs, truth, mask=scored, label_names=dataset.target_names)
+    assert results["partial"]["0.5"] == expected
+
+
+def test_evaluate_a_dataset_without_target_names(digits_checkpoint) -> None:
+    """A dataset with no ``target_names`` (e.g. a ``Subset``) is still scored, only without per-label rows."""
+    model, _ = ctran.checkpoint.load_checkpoint(digits_checkpoint)
+    dataset = ctran.data.load_digit_scenes("test", 0, 24)
+    subset = torch.utils.data.Subset(dataset, range(0, 24, 2))
+    assert not hasattr(subset, "target_names")
+    loader = eval_loader(subset, 8)
+    plain = evaluate(model, loader, [Setting()])
+    named = evaluate(model, loader, [Setting()], label_names=dataset.target_names)
+    assert "per_label" not in plain["regular"]
+    assert list(named["regular"].pop("per_label")) == list(dataset.target_names)
+    assert plain == named and plain["regular"]["n_images"] == 12

@@ -331,3 +331,95 @@ def test_single_channel_rgba_and_other_arrays(tiny_checkpoint: Path, tmp_path: P
     for bad in (np.zeros((20, 30, 2), np.uint8), np.zeros((20, 30, 5), np.uint8)):
         with pytest.raises(CTranError, match="uint8 pixels"):
             predictor.predict(bad)
+
+
+def _backbone_calls(predictor: Predictor) -> list[int]:
+    """A list that grows by one at every backbone pass of ``predictor``."""
+    calls: list[int] = []
+    predictor.model.backbone.register_forward_hook(lambda *_: calls.append(1))
+    return calls
+
+
+def test_default_batch_size_is_32_images(tiny_checkpoint: Path) -> None:
+    """Without ``batch_size``, ``ctran.load`` and ``Predictor`` decode 32 images per backbone pass."""
+    pixels = torch.zeros(33, 3, 16, 16)  # one image more than a default batch
+    loaded = ctran.load(tiny_checkpoint)
+    model, meta = load_checkpoint(tiny_checkpoint)
+    built = Predictor(model, meta["target_names"], meta["extra_names"])
+    for predictor in (loaded, built):
+        calls = _backbone_calls(predictor)
+        assert len(predictor.predict(pixels)) == 33
+        assert len(calls) == 2  # 32 + 1
+
+
+def test_predictor_construction_errors_say_what_is_wrong(tiny_checkpoint: Path) -> None:
+    """A wrong model, label count, threshold count or precision is a CTranError naming the numbers."""
+    model, meta = load_checkpoint(tiny_checkpoint)
+    with pytest.raises(CTranError, match="^a Predictor needs a C-Tran model, got PooledLinear$"):
+        Predictor(build_baseline(4, backbone="small_cnn"), TARGETS)  # type: ignore[arg-type]
+    with pytest.raises(
+        CTranError,
+        match=r"^the model has 6 label tokens but 5 label names were given \(4 targets \+ 1 extras\)$",
+    ):
+        Predictor(model, TARGETS, ["indoor"])
+    with pytest.raises(CTranError, match="^3 thresholds for 4 target labels$"):
+        Predictor(model, TARGETS, meta["extra_names"], thresholds=[0.5, 0.5, 0.5])
+    fp16 = "^fp16 inference needs a CUDA device; on CPU use bf16 or fp32$"
+    with pytest.raises(CTranError, match=fp16):
+        Predictor(model, TARGETS, meta["extra_names"], precision="fp16")
+    with pytest.raises(CTranError, match=fp16):
+        ctran.load(tiny_checkpoint, precision="fp16")
+    auto = Predictor(model, TARGETS, meta["extra_names"], precision="auto")
+    assert auto.precision in {"fp32", "bf16"}  # resolved for the CPU
+
+
+def test_calibrated_thresholds_are_float64_like_fixed_ones(tiny_checkpoint: Path) -> None:
+    """Thresholds given as ints (e.g. from JSON) become float64 probabilities, as ``cutoffs(0.5)`` are."""
+    model, meta = load_checkpoint(tiny_checkpoint)
+    predictor = Predictor(model, TARGETS, meta["extra_names"], thresholds=[0, 1, 1, 0])
+    calibrated = predictor.cutoffs("calibrated")  # (4,)
+    assert calibrated.dtype == predictor.cutoffs(0.5).dtype == np.float64
+    assert [type(t) for t in predictor.thresholds.tolist()] == [float] * 4  # as export writes them
+
+
+def test_scale_size_resizes_then_centre_crops(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """With a stored ``scale_size`` images are resized to it and centre-cropped, as at evaluation."""
+    model, meta = load_checkpoint(tiny_checkpoint)
+    predictor = Predictor(model, TARGETS, meta["extra_names"], image_size=48, scale_size=64)
+    path = _image(tmp_path / "a.png")
+    pixels = predictor.read(path)[0]  # (3, 48, 48)
+    assert torch.equal(pixels, eval_transform(48, 64)(load_image(path)))
+    assert not torch.allclose(pixels, eval_transform(48, None)(load_image(path)))
+
+
+def _nhwc(model: torch.nn.Module) -> bool:
+    """Whether the backbone's convolution weights are stored channels-last (strictly NHWC)."""
+    weights = [b for b in model.backbone.buffers() if b.dim() == 4 and b.shape[1] > 1]
+    assert weights
+    nhwc = [w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous() for w in weights]
+    assert len(set(nhwc)) == 1
+    return nhwc[0]
+
+
+def test_load_speed_switches_layout_and_weight_dtype(tiny_checkpoint: Path) -> None:
+    """``channels_last`` follows the precision unless given; bf16 stores the weights in bf16."""
+    fp32, bf16 = ctran.load(tiny_checkpoint), ctran.load(tiny_checkpoint, precision="bf16")
+    assert not _nhwc(fp32.model) and _nhwc(bf16.model)
+    assert _nhwc(ctran.load(tiny_checkpoint, channels_last=True).model)
+    assert not _nhwc(ctran.load(tiny_checkpoint, precision="bf16", channels_last=False).model)
+    assert {p.dtype for p in fp32.model.backbone.buffers() if p.is_floating_point()} == {torch.float32}
+    assert {p.dtype for p in bf16.model.backbone.buffers() if p.dim() == 4} == {torch.bfloat16}
+
+
+def test_a_checkpoint_without_extra_names_has_no_extra_labels(tmp_path: Path) -> None:
+    """A checkpoint that omits ``extra_names`` (older or hand-written) loads with no extra labels."""
+    torch.manual_seed(0)
+    config = {"backbone": "small_cnn", "dim": 16, "layers": 1, "heads": 2, "num_labels": 4}
+    path = save_checkpoint(tmp_path / "c.pt", ctran.build_model(**config), config, TARGETS, image_size=48)
+    payload = torch.load(path, weights_only=True)
+    del payload["extra_names"]
+    torch.save(payload, path)
+    predictor = ctran.load(path)
+    assert predictor.extra_names == [] and predictor.label_names == TARGETS
+    [result] = predictor.predict(torch.zeros(3, 48, 48), known={"cat": True})
+    assert list(result.probs) == ["dog", "person", "car"]

@@ -88,6 +88,13 @@ def test_training_states_max_fraction_zero_reveals_nothing():
     assert (states == UNKNOWN).all()
 
 
+def test_training_states_refuse_a_revealable_mask_of_the_wrong_shape() -> None:
+    """A mask that does not match the labels is a configuration error: say what shape was expected."""
+    truth = _truth(4, 10)
+    with pytest.raises(ValueError, match=r"^revealable must be a \(10,\) mask, got shape \(9,\)$"):
+        sample_training_states(truth, torch.arange(4), 0, 0, revealable=torch.ones(9, dtype=torch.bool))
+
+
 def test_training_states_are_reproducible_and_vary_with_seed_and_epoch():
     truth = _truth(64, 12, unannotated=0.1)
     a = _sample(truth, seed=7, epoch=2)
@@ -114,7 +121,8 @@ def test_training_states_do_not_depend_on_batch_composition():
 
 
 @pytest.mark.parametrize(
-    ("fraction", "labels", "count"), [(0.25, 16, 4), (0.5, 16, 8), (0.75, 16, 12), (0.3, 20, 6)]
+    ("fraction", "labels", "count"),
+    [(0.1, 16, 1), (0.25, 16, 4), (0.5, 16, 8), (0.75, 16, 12), (0.3, 20, 6)],
 )
 def test_evaluation_states_reveal_exact_count(fraction, labels, count):
     truth = _truth(50, labels, seed=1)
@@ -311,3 +319,51 @@ def test_asl_equals_its_formula_entry_by_entry(options: dict) -> None:
     total, count = asl_terms(logits, truth, inputs, **options)
     torch.testing.assert_close(total, -terms[scored].sum(), atol=1e-9, rtol=1e-9)
     assert total.dtype == logits.dtype and float(count) == float(scored.sum())
+
+
+@pytest.mark.parametrize("terms", [bce_terms, asl_terms])
+@pytest.mark.parametrize("logits_dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("truth_dtype", [torch.long, torch.float64])
+def test_loss_terms_have_the_logits_dtype_whatever_the_truth_dtype(
+    terms, logits_dtype: torch.dtype, truth_dtype: torch.dtype
+) -> None:
+    """Sum and count come back in the logits' dtype (a float count to all-reduce and divide by), and a
+    float ground truth neither changes the loss nor promotes it to its own dtype."""
+    logits, truth, inputs = _loss_problem(6)
+    logits = logits.to(logits_dtype)
+    reference, reference_count = terms(logits, truth, inputs)
+    total, count = terms(logits, truth.to(truth_dtype), inputs.to(truth_dtype))
+    assert total.dtype == count.dtype == logits_dtype
+    assert float(count) == int(scored_mask(truth, inputs).sum()) == float(reference_count)
+    torch.testing.assert_close(total, reference, atol=0, rtol=0)
+
+
+def test_asl_clip_zero_or_below_turns_the_margin_off() -> None:
+    """As in the reference ASL, a non-positive ``train.asl_clip`` means no margin: a negative value does not
+    shift the negatives' probability."""
+    logits, truth, inputs = _loss_problem(7)
+    off = asl_terms(logits, truth, inputs, clip=0.0)
+    for clip in (-0.1, -1.0):
+        total, count = asl_terms(logits, truth, inputs, clip=clip)
+        torch.testing.assert_close(total, off[0], atol=0, rtol=0)
+        assert float(count) == float(off[1])
+    p = torch.sigmoid(logits)
+    t = truth.clamp(min=0).to(p.dtype)
+    manual = t * p.log() + (1 - t) * (1 - p).log() * p**4  # gamma- = 4, gamma+ = 0, no margin
+    torch.testing.assert_close(off[0], -manual[scored_mask(truth, inputs)].sum(), atol=1e-9, rtol=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("logit", "truth", "options"),
+    [(-20.0, 0, {"gamma_neg": 0.5, "clip": 0.0}), (20.0, 1, {"gamma_pos": 0.5})],
+    ids=["sure-negative", "sure-positive"],
+)
+def test_asl_gradient_stays_finite_for_fractional_focusing_on_very_sure_outputs(
+    logit: float, truth: int, options: dict
+) -> None:
+    """0 < gamma < 1 on an output whose probability rounds to exactly 0 or 1 must not give a NaN gradient
+    (the trainer would skip every such step and finally stop)."""
+    logits = torch.tensor([[logit]], requires_grad=True)
+    loss, count = asl_terms(logits, torch.tensor([[truth]]), torch.tensor([[UNKNOWN]]), **options)
+    loss.backward()
+    assert count == 1 and torch.isfinite(loss) and torch.isfinite(logits.grad).all()

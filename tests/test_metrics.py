@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import numpy as np
@@ -9,7 +10,13 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score, f1_score, precision_score, recall_score
 
-from ctran.metrics import METRIC_KEYS, average_precision, mean_average_precision, multilabel_metrics
+from ctran.metrics import (
+    METRIC_KEYS,
+    average_precision,
+    calibrate_thresholds,
+    mean_average_precision,
+    multilabel_metrics,
+)
 
 TOL = 1e-6
 
@@ -212,18 +219,36 @@ def test_nothing_scored_gives_nan_map_and_zero_prf() -> None:
 
 
 @pytest.mark.parametrize(
-    ("scores", "targets", "mask"),
+    ("scores", "targets", "mask", "message"),
     [
-        (np.zeros(3), np.zeros(3), None),
-        (np.zeros((2, 3)), np.zeros((3, 2)), None),
-        (np.zeros((2, 3)), np.full((2, 3), 2), None),
-        (np.zeros((2, 3)), np.zeros((2, 3)), np.ones((2, 2), dtype=bool)),
-        (np.full((2, 3), np.nan), np.zeros((2, 3)), None),
+        (np.zeros(3), np.zeros(3), None, "scores must have shape (N, L), got (3,)"),
+        (
+            np.zeros((2, 3)),
+            np.zeros((3, 2)),
+            None,
+            "targets must have the shape of scores (2, 3), got (3, 2)",
+        ),
+        (
+            np.zeros((2, 3)),
+            np.full((2, 3), 2),
+            None,
+            "targets must be -1 (unknown), 0 (negative) or 1 (positive)",
+        ),
+        (
+            np.zeros((2, 3)),
+            np.zeros((2, 3)),
+            np.ones((2, 2), dtype=bool),
+            "mask must have the shape of scores (2, 3), got (2, 2)",
+        ),
+        (np.full((2, 3), np.nan), np.zeros((2, 3)), None, "scores of scored entries must be finite"),
     ],
 )
-def test_bad_inputs_raise(scores, targets, mask) -> None:
-    with pytest.raises(ValueError):
+def test_bad_inputs_raise(scores, targets, mask, message: str) -> None:
+    """A wrong input fails loudly with a message naming the problem and the shapes, not deep in torch."""
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         multilabel_metrics(scores, targets, mask)
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        calibrate_thresholds(scores, targets, mask)
 
 
 def test_coco_size_is_well_defined() -> None:
@@ -289,3 +314,50 @@ def test_precision_and_recall_are_computed_in_float64() -> None:
 def test_no_labels_at_all_gives_zero_precision_and_recall() -> None:
     metrics = multilabel_metrics(np.zeros((4, 0)), np.zeros((4, 0), dtype=np.int64))
     assert metrics["CP"] == metrics["CR"] == metrics["CF1"] == 0.0
+
+
+def test_top_k_ties_among_many_labels_still_prefer_lower_label_index() -> None:
+    """COCO has 80 labels: ties go to the lower label index in long rows too (unstable sorts reorder >16)."""
+    scores, targets = _random_problem(5, n=40, n_labels=80, decimals=1)
+    scores[0] = 0.9  # one image with all 80 labels tied: top-3 are labels 0, 1, 2
+    targets[0] = 0
+    targets[0, 3:] = 1  # any other pick would be a hit
+    scored = np.ones_like(targets, dtype=bool)
+    metrics = multilabel_metrics(scores, targets)
+    top3 = _top_k_reference(scores, scored, 3) & (scores >= 0.5)
+    assert top3[0].tolist() == [True] * 3 + [False] * 77
+    want = {f"{k}_top3": v for k, v in _sklearn_prf(top3, targets == 1).items()}
+    _assert_metrics_close(metrics, want)
+
+
+def test_integer_mask_means_the_same_as_a_bool_mask() -> None:
+    """A 0/1 integer mask (e.g. loaded from a file) selects the same scored entries as the bool mask."""
+    scores, targets = _random_problem(2, n=50, n_labels=6, decimals=1)
+    mask = np.random.default_rng(2).random(scores.shape) < 0.6
+    int_mask = mask.astype(np.int64)  # (N, L) in {0, 1}
+    assert multilabel_metrics(scores, targets, int_mask) == multilabel_metrics(scores, targets, mask)
+    assert torch.equal(
+        average_precision(scores, targets, torch.from_numpy(int_mask)).nan_to_num(-1),
+        average_precision(scores, targets, mask).nan_to_num(-1),
+    )
+    np.testing.assert_array_equal(
+        calibrate_thresholds(scores, targets, int_mask), calibrate_thresholds(scores, targets, mask)
+    )
+
+
+def test_calibrated_cut_of_a_single_positive_label_is_its_best_f1_cut_in_float64() -> None:
+    """A rare label with one scored positive gets its own F1-optimal cut (not the default), as float64."""
+    rng = np.random.default_rng(4)
+    scores = rng.random((30, 3)).round(2).astype(np.float32)  # (N, L), float32 like model outputs
+    targets = np.zeros((30, 3), dtype=np.int64)
+    targets[7, 0] = 1  # label 0: exactly one positive, ranked below some negatives
+    targets[:10, 1] = 1
+    cuts = calibrate_thresholds(torch.from_numpy(scores), torch.from_numpy(targets), default=0.5)
+    assert cuts.dtype == np.float64 and cuts.shape == (3,)
+    assert cuts[2] == 0.5  # no positive: the default
+    for label in (0, 1):
+        s, y = scores[:, label].astype(np.float64), targets[:, label]
+        f1s = {t: f1_score(y, s >= t, zero_division=0) for t in np.unique(s)}
+        best = max(f1s.values())
+        assert cuts[label] == max(t for t, f in f1s.items() if f == best)  # highest cut reaching the best F1
+    assert cuts[0] == np.float64(scores[7, 0]) != 0.5

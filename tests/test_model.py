@@ -618,3 +618,212 @@ def test_position_embedding_is_made_in_float32_on_the_requested_device():
     assert wide.dtype == torch.float64 and torch.equal(wide, reference.double())
     assert pe(3, 5, torch.device("meta"), torch.bfloat16).device.type == "meta"
     assert one_way_mask(4, 2, torch.device("meta")).device.type == "meta"
+
+
+# ------------------------------------------------------------------------- defaults, dtypes, devices
+
+
+def test_ctran_class_defaults_are_the_papers() -> None:
+    """``CTran(backbone, L)`` built directly has the paper's settings, as ``build_model`` documents."""
+    from ctran.model.backbone import SmallCNN
+    from ctran.model.transformer import Encoder
+
+    with torch.device("meta"):  # D = 2048: shapes only, no memory
+        model = CTran(SmallCNN(), 80)
+    assert model.readout.weight.shape == (80, 2048)
+    assert len(model.encoder.layers) == 3
+    layer = model.encoder.layers[0]
+    assert layer.self_attn.num_heads == 4
+    assert layer.linear1.out_features == 2048
+    assert layer.dropout.p == pytest.approx(0.1)
+    assert layer.self_attn.dropout == pytest.approx(0.1)
+    assert model.position is None
+    assert model.attention == "full"
+    assert Encoder(8, 2, 1, 8, 0.0).attention == "full"
+
+
+def test_unknown_attention_pattern_error_lists_the_choices() -> None:
+    """The error names every valid pattern, comma-separated, and the rejected value."""
+    with pytest.raises(ValueError) as info:
+        _small(attention="both")
+    assert str(info.value) == "attention must be one of full, one_way, got 'both'"
+
+
+def test_label_projection_table_is_not_saved_in_checkpoints() -> None:
+    """The table is derived from the weights: a frozen model's state dict loads strictly into a fresh one."""
+    model = _small().eval()
+    keys = set(model.state_dict())
+    model.freeze_label_projections()
+    assert set(model.state_dict()) == keys
+    fresh = _small(seed=1)
+    fresh.load_state_dict(model.state_dict())  # strict: no unexpected "label_qkv"
+    assert fresh.label_qkv is None
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_label_projection_table_has_the_requested_dtype_without_warnings(dtype: torch.dtype) -> None:
+    """``freeze_label_projections(dtype)`` tabulates in that precision (fp16 too, not the autocast default)
+    and says nothing for float32 (no autocast warning)."""
+    import warnings
+
+    model = _small().eval()
+    images, states = _images(2), _states(2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.freeze_label_projections(dtype)
+    assert model.label_qkv.dtype == dtype
+    with torch.no_grad(), torch.autocast("cpu", dtype, enabled=dtype != torch.float32):
+        looked_up = model.decode(model.encode(images), states).float()
+        model.label_qkv = None
+        computed = model.decode(model.encode(images), states).float()
+    torch.testing.assert_close(looked_up, computed, atol=0.05, rtol=0)
+
+
+def test_bf16_table_still_serves_float32_decoding() -> None:
+    """A table made for bf16 decoding, used by a plain float32 decode: float32 logits within bf16 rounding."""
+    for attention in ("full", "one_way"):
+        model = _random_biases(_small(attention=attention)).eval()
+        images, states = _images(2), _states(2)
+        with torch.no_grad():
+            memory = model.encode(images)
+            computed = model.decode(memory, states)
+            model.freeze_label_projections(torch.bfloat16)
+            looked_up = model.decode(memory, states)
+        assert looked_up.dtype == torch.float32, attention
+        torch.testing.assert_close(looked_up, computed, atol=0.05, rtol=0)
+
+
+def test_bf16_autocast_keeps_memory_in_bf16_and_explanations_match_predictions() -> None:
+    """Under bf16 autocast the cached memory is bf16 (half the cache, position encoding included), and
+    ``return_attention=True`` rounds the label tokens as the fused path does: a large common offset in the
+    label embeddings (which bf16 resolves coarsely) must not make the two logits disagree."""
+    model = _small(position_encoding=True).eval()
+    with torch.no_grad():
+        model.label_embed.weight.add_(8.0)  # LayerNorm removes it; bf16 rounding at 8 is 2^-5
+    images, states = _images(2), _states(2)
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
+        memory = model.encode(images)
+        fused = model.decode(memory, states).float()
+        explicit = model(images, states, return_attention=True).logits.float()
+    assert memory.dtype == torch.bfloat16
+    torch.testing.assert_close(explicit, fused, atol=0.03, rtol=0)
+
+
+def test_encode_builds_the_position_encoding_on_the_tokens_device() -> None:
+    """encode runs wholly on the model's device (here meta: nothing may be made on the CPU on the way)."""
+    model = _small(position_encoding=True).to("meta").eval()
+    with torch.no_grad():
+        memory = model.encode(torch.empty(2, 3, 48, 48, device="meta"))
+    assert memory.device.type == "meta"
+    assert memory.shape == (2, 36, DIM)
+
+
+# ---------------------------------------------------------------------------------------------- readout init
+
+
+def test_per_label_linear_initialisation_matches_nn_linear_range() -> None:
+    """Weights and biases uniform in ±1/sqrt(D), as ``nn.Linear(D, L)`` starts (both signs, whole range)."""
+    torch.manual_seed(0)
+    readout = PerLabelLinear(400, 16)
+    bound = 1 / math.sqrt(16)
+    for values in (readout.weight.detach(), readout.bias.detach()):
+        assert values.abs().max() <= bound
+        assert values.min() < -0.9 * bound and values.max() > 0.9 * bound
+
+
+def test_per_label_linear_follows_the_input_dtype() -> None:
+    """bf16 label outputs give bf16 logits (float32 parameters cast), equal to the float32 ones within
+    bf16 rounding."""
+    torch.manual_seed(0)
+    readout = PerLabelLinear(5, 16)
+    h = torch.randn(3, 5, 16)
+    with torch.no_grad():
+        low = readout(h.bfloat16())
+        reference = readout(h)
+    assert low.dtype == torch.bfloat16
+    torch.testing.assert_close(low.float(), reference, atol=0.05, rtol=0)
+
+
+# ------------------------------------------------------------------------------------ encoder internals
+
+
+def test_attention_weights_are_dropped_out_in_training() -> None:
+    """Training regularises attention too (dropout on its weights, as ``nn.TransformerEncoderLayer``), on
+    the fused path: with every other dropout off, two training passes still differ; eval ones do not."""
+    model = _small(dropout=0.5)
+    for module in model.encoder.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0  # only attention dropout is left
+    images, states = _images(2), _states(2)
+    with torch.no_grad():
+        model.train()
+        first, second = model(images, states), model(images, states)
+        model.eval()
+        third, fourth = model(images, states), model(images, states)
+    assert (first - second).abs().max() > 1e-4
+    assert torch.equal(third, fourth)
+
+
+def test_encoder_layer_returns_no_weights_unless_asked() -> None:
+    """A layer called plainly runs the fused path and returns (output, None); asked, it returns weights."""
+    from ctran.model.transformer import EncoderLayer
+
+    torch.manual_seed(0)
+    layer = EncoderLayer(16, 2, 16, 0.0).eval()
+    x = torch.randn(2, 5, 16)
+    with torch.no_grad():
+        out, weights = layer(x)
+        explicit, asked = layer(x, need_weights=True)
+    assert weights is None
+    assert asked.shape == (2, 2, 5, 5)
+    torch.testing.assert_close(out, explicit, atol=1e-5, rtol=0)
+
+
+def test_encoder_fast_paths_honour_an_arbitrary_mask() -> None:
+    """``Encoder(mask=...)`` takes any (N, N) pattern: the fused paths (last-rows-only last layer, known
+    first-layer projections) must mask exactly as ``nn.MultiheadAttention`` does, even label rows."""
+    encoder = _random_biases(_small()).encoder.eval()  # 2 layers
+    n, keep = 10, 4
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(2, n, DIM, generator=generator)
+    mask = (torch.rand(n, n, generator=generator) > 0.5) | torch.eye(n, dtype=torch.bool)
+    assert not mask[-keep:].all()  # the kept rows are masked too
+    with torch.no_grad():
+        reference, _ = encoder(x, need_weights=True, keep=keep, mask=mask)
+        fast, _ = encoder(x, keep=keep, mask=mask)
+        known, _ = encoder(x, keep=keep, mask=mask, first_qkv=encoder.layers[0].qkv(x[:, -keep:]))
+        unmasked, _ = encoder(x, keep=keep)
+    assert fast.shape == (2, keep, DIM)
+    torch.testing.assert_close(fast, reference, atol=1e-5, rtol=0)
+    torch.testing.assert_close(known, reference, atol=1e-5, rtol=0)
+    assert (unmasked - reference).abs().max() > 1e-3
+
+
+def test_single_layer_model_with_label_projection_table() -> None:
+    """A one-layer C-Tran can be frozen for inference too: same logits as without the table."""
+    for attention in ("full", "one_way"):
+        model = _random_biases(_small(layers=1, attention=attention)).eval()
+        images, states = _images(2), _states(2)
+        with torch.no_grad():
+            memory = model.encode(images)
+            computed = model.decode(memory, states)
+            model.freeze_label_projections()
+            looked_up = model.decode(memory, states)
+        torch.testing.assert_close(looked_up, computed, atol=1e-5, rtol=0)
+
+
+def test_one_way_encode_computes_only_keys_and_values_in_the_last_layer() -> None:
+    """One-way ``encode`` runs every layer but the last on the image tokens, and the last only for their
+    keys and values (its image outputs are never read): the FLOPs say so."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = _small(attention="one_way").eval()  # 2 layers, FFN width D
+    batch, tokens = 2, 36
+    x = torch.randn(batch, tokens, DIM)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        memory = model.encoder.encode_images(x)
+    assert memory.shape == (batch, tokens, LAYERS * 2 * DIM)
+    full_layer = 2 * batch * tokens * DIM * (3 * DIM + DIM + 2 * DIM)  # Q/K/V, output projection, FFN
+    products = (LAYERS - 1) * full_layer + 2 * batch * tokens * DIM * 2 * DIM  # + last keys/values
+    attention = (LAYERS - 1) * 4 * batch * tokens * tokens * DIM
+    assert products <= counter.get_total_flops() <= products + attention

@@ -14,6 +14,7 @@ import math
 from collections.abc import Iterable
 from functools import cache
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import torch
@@ -23,11 +24,14 @@ from ctran.checkpoint import read_checkpoint
 from ctran.cli import main
 from ctran.config import Config, load_config
 from ctran.data.digit_scenes import DigitScenesDataset, load_digit_scenes
+from ctran.data.partial import PartialAnnotations
 from ctran.errors import CTranError
 from ctran.model import build_from_config
 from ctran.states import UNKNOWN
 from ctran.training import trainer as trainer_module
+from ctran.training.distributed import DistContext
 from ctran.training.label_mask import sample_training_states
+from ctran.training.loaders import eval_loader, train_loader
 from ctran.training.losses import asl_terms, bce_terms
 from ctran.training.run import model_config, train_run
 from ctran.training.trainer import Trainer
@@ -525,10 +529,15 @@ def test_without_tensorboard_training_says_so_once_and_keeps_metrics_csv(
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_tensorboard)
+    _trainer(_config("train.epochs=2"), n_train=8).fit()
+    assert "TensorBoard" not in capsys.readouterr().err  # no folder, no logs to miss
     _trainer(_config("train.epochs=2"), out_dir=tmp_path).fit()
     err = capsys.readouterr().err
-    assert err.count("ctran: TensorBoard logs are off") == 1
-    assert "pip install 'ctran[tensorboard]'); metrics.csv has every epoch" in err
+    assert err.count("TensorBoard") == 1
+    assert (
+        "ctran: TensorBoard logs are off (the tensorboard package is not installed: "
+        "pip install 'ctran[tensorboard]'); metrics.csv has every epoch\n"
+    ) in err.splitlines(keepends=True)
     assert not (tmp_path / "tensorboard").exists() and (tmp_path / "metrics.csv").is_file()
 
 
@@ -569,3 +578,344 @@ def test_second_out_into_a_run_is_refused_and_leaves_it_untouched(
     assert f"--resume {tiny_run}" in capsys.readouterr().err
     assert sorted(path for path in tiny_run.rglob("*") if path.is_file()) == files
     assert {path: (path.stat().st_mtime_ns, path.read_bytes()) for path in files} == before
+
+
+# ---------------------------------------------------------------- what an epoch reports
+
+
+class _Clock:
+    """A fake ``time.perf_counter`` that advances ``tick`` seconds per reading."""
+
+    def __init__(self, tick: float) -> None:
+        self.now, self.tick = 100.0, tick
+
+    def perf_counter(self) -> float:
+        self.now += self.tick
+        return self.now
+
+
+class _Bar:
+    """A fake tqdm that records its options, postfixes and written lines."""
+
+    made: ClassVar[list[_Bar]] = []
+    lines: ClassVar[list[str]] = []
+
+    def __init__(self, iterable: Iterable, **options: object) -> None:
+        self.iterable, self.options, self.postfixes = iterable, options, []
+        _Bar.made.append(self)
+
+    def __iter__(self):
+        return iter(self.iterable)
+
+    def set_postfix(self, **values: str) -> None:
+        self.postfixes.append(values)
+
+    @staticmethod
+    def write(line: str) -> None:
+        _Bar.lines.append(line)
+
+
+def _record_micro_batches(trainer: Trainer) -> list[tuple[float, float]]:
+    """Each micro-batch's (loss sum, scored count), as the trainer's backward pass returns them."""
+    seen: list[tuple[float, float]] = []
+    forward_backward = trainer._forward_backward
+
+    def record(*args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+        loss_sum, n_scored = forward_backward(*args, **kwargs)
+        seen.append((float(loss_sum), float(n_scored)))
+        return loss_sum, n_scored
+
+    trainer._forward_backward = record
+    return seen
+
+
+@pytest.fixture
+def fake_bar_and_clock(monkeypatch: pytest.MonkeyPatch) -> _Clock:
+    _Bar.made, _Bar.lines = [], []
+    clock = _Clock(0.123)
+    monkeypatch.setattr(trainer_module, "tqdm", _Bar)
+    monkeypatch.setattr(trainer_module, "time", clock)
+    return clock
+
+
+def test_the_bar_and_the_epoch_row_report_the_running_loss_images_per_second_and_time(
+    fake_bar_and_clock: _Clock,
+) -> None:
+    """16 scenes in micro-batches of 4, 3 per step: steps of 12 and 4 images. The bar shows the running
+    loss and throughput after each step, the row the epoch's mean loss, time, rate and the cosine lr after
+    its 2 steps; one line per epoch is printed. The fake clock advances 0.123 s per reading."""
+    config = _config(
+        "train.batch_size=4", "train.grad_accum=3", "train.schedule=cosine", "train.ema_decay=0.5"
+    )
+    train = _scenes("train", 16)
+    torch.manual_seed(0)
+    model = build_from_config(model_config(config, len(train.label_names)))
+    trainer = Trainer(model, train, _scenes("val", 4), config)  # the default bar, description and lines
+    micro = _record_micro_batches(trainer)
+    result = trainer.fit()
+    row = result.history[0]
+    (bar,) = _Bar.made
+    assert bar.options == {"desc": "train 1/1", "disable": False, "leave": False}
+    assert len(micro) == 4 and trainer.step == 2
+    first, everything = micro[:3], micro
+    loss_of = lambda parts: sum(s for s, _ in parts) / sum(n for _, n in parts)  # noqa: E731
+    assert bar.postfixes == [
+        {"loss": f"{loss_of(first):.4f}", "img_s": f"{12 / 0.123:.0f}"},
+        {"loss": f"{loss_of(everything):.4f}", "img_s": f"{16 / 0.246:.0f}"},
+    ]
+    assert row == {
+        "epoch": 1,
+        "train_loss": pytest.approx(loss_of(everything), rel=1e-6),
+        "lr": pytest.approx(1e-2 * _warmup_cosine(2, 0, 2)),
+        "seconds": round(3 * 0.123, 2),
+        "skipped_steps": 0,
+        "images_per_s": round(16 / (3 * 0.123), 1),
+        "val_mAP": row["val_mAP"],
+        "val_mAP_ema": row["val_mAP_ema"],
+    }
+    assert result.seconds == pytest.approx(5 * 0.123)  # from fit's start to the end of the epoch
+    loss, val, ema = row["train_loss"], row["val_mAP"], row["val_mAP_ema"]
+    assert _Bar.lines == [f"train epoch 1: loss {loss:.4f}  val mAP {val:.2f}  (EMA {ema:.2f})"]
+
+
+def test_progress_false_hides_the_bar_and_epoch_lines_false_prints_nothing(
+    fake_bar_and_clock: _Clock,
+) -> None:
+    """The bar and the epoch lines are each switched off on their own, without an EMA note."""
+    config = _config("train.batch_size=8")
+    train = _scenes("train", 8)
+    model = build_from_config(model_config(config, len(train.label_names)))
+    trainer = Trainer(model, train, _scenes("val", 4), config, progress=False, desc="fold 2")
+    trainer.fit()
+    assert _Bar.made[0].options["disable"] is True and _Bar.made[0].options["desc"] == "fold 2 1/1"
+    assert len(_Bar.lines) == 1 and _Bar.lines[0].startswith("fold 2 epoch 1: loss ")
+    assert "EMA" not in _Bar.lines[0]
+    Trainer(model, train, _scenes("val", 4), config, epoch_lines=False).fit()
+    assert len(_Bar.lines) == 1
+
+
+def test_ema_follows_the_weights_at_the_configured_decay() -> None:
+    """timm's EMA counting our steps: the first step copies the weights, each later one moves the EMA
+    ``1 - decay`` of the way to the new weights."""
+    trainer = _trainer(_config("train.ema_decay=0.5", "train.batch_size=4"), n_train=12)
+    ema: State = {}
+
+    def follow(*_: object) -> None:
+        weights = {k: v.detach().clone() for k, v in trainer.model.named_parameters()}
+        ema.update({k: 0.5 * ema[k] + 0.5 * v for k, v in weights.items()} if ema else weights)
+
+    trainer.optimizer.register_step_post_hook(follow)
+    trainer.fit()
+    for name, value in trainer.ema.module.named_parameters():
+        torch.testing.assert_close(value, ema[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_validation_map_and_thresholds_are_those_of_the_trained_model(precision: str) -> None:
+    """The epoch's val mAP and the kept thresholds equal scikit-learn's AP and the F1-best thresholds of the
+    model's own regular predictions on the validation scenes, at the training precision."""
+    from sklearn.metrics import average_precision_score
+
+    from ctran.metrics import calibrate_thresholds
+
+    config = _config("train.batch_size=4", f"train.precision={precision}", "eval.batch_size=8")
+    trainer = _trainer(config, n_train=8)
+    val = PartialAnnotations(_scenes("val", 8), 0.6, seed=0)  # the unannotated entries are not scored
+    trainer.val_loader = eval_loader(val, 8)
+    result = trainer.fit()
+    images, truth, _ = _batch(val)
+    model = trainer.model.eval()
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16"):
+        logits = model.decode(model.encode(images), torch.full_like(truth, UNKNOWN))[:, :NUM_TARGETS]
+    probs = logits.float().sigmoid()
+    targets = truth[:, :NUM_TARGETS]
+    annotated = targets != UNKNOWN
+    assert not annotated.all()
+    aps = [
+        average_precision_score(targets[rows, j], probs[rows, j])
+        for j in range(NUM_TARGETS)
+        if (targets[rows := annotated[:, j], j] == 1).any()
+    ]
+    assert result.history[0]["val_mAP"] == pytest.approx(100 * sum(aps) / len(aps), rel=1e-5)
+    expected = calibrate_thresholds(probs, targets, annotated).tolist()
+    assert result.thresholds == pytest.approx(expected, rel=1e-6)
+
+
+def test_the_gradient_is_the_mean_over_annotated_entries_only() -> None:
+    """With missing annotations (``data.keep_annotations``), the first step's gradient is that of BCE
+    averaged over the annotated targets: unannotated entries neither add loss nor dilute the mean."""
+    config = _config("train.label_mask=false", "train.batch_size=8", "train.lr=0")
+    trainer = _trainer(config, n_train=8)
+    train = PartialAnnotations(_scenes("train", 8), 0.5, seed=0)
+    trainer.train_loader = train_loader(train, 8, 0, DistContext(), 0)
+    reference = copy.deepcopy(trainer.model)
+    steps = _record_steps(trainer)
+    trainer.fit()
+    order = torch.tensor(list(iter(trainer.train_loader.sampler)))
+    images, truth, _ = _batch(train)
+    images, targets = images[order], truth[order, :NUM_TARGETS]
+    annotated = targets != UNKNOWN
+    assert not annotated.all()
+    logits = reference.train()(images, torch.full_like(truth, UNKNOWN))[:, :NUM_TARGETS]
+    nn.functional.binary_cross_entropy_with_logits(logits[annotated], targets[annotated].float()).backward()
+    for name, param in reference.named_parameters():
+        if param.grad is not None:
+            torch.testing.assert_close(steps[0]["grads"][name], param.grad, rtol=1e-4, atol=1e-7, msg=name)
+
+
+def test_deterministic_training_turns_on_torchs_deterministic_algorithms_with_warnings_only() -> None:
+    """``train.deterministic`` asks torch for deterministic kernels, warning where there are none."""
+    try:
+        _trainer(_config("train.deterministic=true"), n_train=8)
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.is_deterministic_algorithms_warn_only_enabled()
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
+def test_a_batch_size_that_does_not_split_over_the_processes_is_refused() -> None:
+    """Each process must get the same share of ``train.batch_size``."""
+    config = _config("train.batch_size=8")
+    model = build_from_config(model_config(config, 20))
+    with pytest.raises(CTranError) as error:
+        Trainer(model, _scenes("train", 8), _scenes("val", 4), config, ctx=DistContext(world_size=3))
+    assert str(error.value) == "train.batch_size 8 must divide by the 3 processes"
+
+
+def test_extras_only_label_mask_can_reveal_every_extra_label_and_never_a_target() -> None:
+    """``lmt_labels=extras`` (CUB-312): targets stay unknown; each extra, the first one too, gets revealed."""
+    trainer = _trainer(_config("train.lmt_labels=extras", "train.epochs=3", "train.lr=0"), n_train=16)
+    seen = _training_states(trainer)
+    trainer.fit()
+    states = torch.cat(seen)
+    assert (states[:, :NUM_TARGETS] == UNKNOWN).all()
+    assert (states[:, NUM_TARGETS:] != UNKNOWN).any(dim=0).all()
+
+
+def test_the_baseline_scores_only_its_target_outputs_even_with_extra_loss() -> None:
+    """The pooled-CNN baseline has no extra outputs, so ``extra_loss`` cannot score any."""
+    config = _config("model.kind=baseline", "train.extra_loss=true", "train.batch_size=8")
+    train = _scenes("train", 8)
+    model = build_from_config(model_config(config, NUM_TARGETS))
+    trainer = Trainer(model, train, _scenes("val", 4), config, progress=False)
+    micro = _record_micro_batches(trainer)
+    trainer.fit()
+    assert micro[0][1] == 8 * NUM_TARGETS  # every target of the 8 images, no extra
+
+
+def test_a_step_whose_micro_batches_were_all_unreadable_is_skipped_without_an_update() -> None:
+    """A micro-batch of only corrupt images arrives as None: with nothing to learn, no optimiser step."""
+    trainer = _trainer(_config("train.batch_size=4"), n_train=8)
+    loader = trainer.train_loader
+
+    class OneUnreadableBatch:
+        sampler = loader.sampler
+
+        def __len__(self) -> int:
+            return len(loader) + 1
+
+        def __iter__(self):
+            yield None
+            yield from loader
+
+    trainer.train_loader = OneUnreadableBatch()
+    result = trainer.fit()
+    assert trainer.step == 2 and math.isfinite(result.history[0]["train_loss"])
+
+
+# ---------------------------------------------------------------- which weights are kept
+
+
+def _script_thresholds(monkeypatch: pytest.MonkeyPatch, *values: float) -> None:
+    """Validation thresholds in call order, each the same for all targets."""
+    scripted = iter(values)
+    monkeypatch.setattr(
+        trainer_module,
+        "calibrate_thresholds",
+        lambda *args, **kwargs: torch.full((NUM_TARGETS,), next(scripted), dtype=torch.float64).numpy(),
+    )
+
+
+def test_the_winners_thresholds_and_epoch_go_with_the_best_weights(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The EMA wins epoch 1, the raw model epoch 2 (not better): best.pt keeps epoch 1 and the EMA's
+    thresholds."""
+    _script_val_map(monkeypatch, [40.0, 60.0, 50.0, 30.0])  # per epoch: raw, EMA
+    _script_thresholds(monkeypatch, 0.1, 0.9, 0.2, 0.3)
+    trainer = _trainer(_config("train.ema_decay=0.5", "train.epochs=2"), n_train=8, out_dir=tmp_path)
+    result = trainer.fit()
+    best = read_checkpoint(tmp_path / "best.pt")
+    assert (result.best_epoch, best["epoch"], best["ema"]) == (1, 1, True)
+    assert result.thresholds == best["thresholds"] == pytest.approx([0.9] * NUM_TARGETS)
+    assert read_checkpoint(tmp_path / "last.pt")["training_state"]["scaler"] == {}  # fp32: no loss scale
+
+
+def test_a_tie_is_not_an_improvement_and_prefers_the_raw_weights(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Equal raw and EMA mAPs keep the raw model; an epoch only equal to the best counts towards early
+    stopping."""
+    _script_val_map(monkeypatch, [50.0] * 6)
+    _script_thresholds(monkeypatch, 0.1, 0.9, 0.2, 0.8, 0.3, 0.7)
+    config = _config("train.ema_decay=0.5", "train.epochs=3", "train.early_stop=1", "train.batch_size=4")
+    trainer = _trainer(config, n_train=8)
+    result = trainer.fit()
+    assert (len(result.history), result.stopped_early, result.best_epoch) == (2, True, 1)
+    assert result.thresholds == pytest.approx([0.1] * NUM_TARGETS)
+    assert not torch.equal(trainer.model.readout.weight, trainer.ema.module.readout.weight)
+
+
+def test_without_a_folder_the_best_epochs_weights_are_a_copy_later_epochs_do_not_touch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Epoch 1 is best and epoch 2 trains on: the model fit leaves holds epoch 1's weights."""
+    _script_val_map(monkeypatch, [60.0, 10.0])
+    trainer = _trainer(_config("train.epochs=2", "train.batch_size=8"), n_train=8)
+    after_step: list[State] = []
+    trainer.optimizer.register_step_post_hook(lambda *_: after_step.append(_state(trainer.model)))
+    trainer.fit()
+    assert len(after_step) == 2
+    _assert_same(after_step[0], _state(trainer.model))
+    assert not torch.equal(after_step[1]["readout.weight"], after_step[0]["readout.weight"])
+
+
+def test_a_first_epoch_without_any_validation_positive_is_still_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A NaN val mAP (no positives) compares false with everything, yet epoch 1 must give a best.pt."""
+    _script_val_map(monkeypatch, [math.nan])
+    result = _trainer(_config(), n_train=8, out_dir=tmp_path).fit()
+    assert result.best_epoch == 1 and result.thresholds is not None
+    assert read_checkpoint(tmp_path / "best.pt")["epoch"] == 1
+
+
+def test_without_a_folder_the_non_finite_stop_names_no_checkpoint() -> None:
+    """Bad from the very first step: two skipped steps stop the run, and training in memory has no last.pt
+    to point the user to."""
+    trainer = _trainer(_config("train.max_bad_steps=2", "train.batch_size=4"), n_train=8)
+    trainer.model.register_forward_hook(lambda module, args, out: out * math.nan)
+    with pytest.raises(CTranError) as stopped:
+        trainer.fit()
+    assert str(stopped.value).startswith("training stopped at epoch 1: 2 consecutive steps had a non-finite")
+    assert str(stopped.value).endswith("or corrupt inputs. The last good checkpoint is untouched")
+    assert trainer.skipped_steps == 2 and trainer.step == 0
+
+
+def test_auto_precision_is_resolved_for_the_training_device() -> None:
+    """``train.precision=auto`` becomes what this device supports (bf16 on AVX512-BF16 CPUs, else fp32)."""
+    from ctran.training.precision import resolve_precision
+
+    trainer = _trainer(_config("train.precision=auto"), n_train=8)
+    assert trainer.precision == resolve_precision("auto", "cpu") in {"bf16", "fp32"}
+
+
+def test_fp16_training_scales_the_loss_and_resumes_with_its_scale(tmp_path: Path) -> None:
+    """fp16 (allowed on CPUs too) trains through the loss scaler, whose scale is saved and restored."""
+    config = _config("train.precision=fp16", "train.batch_size=4")
+    trainer = _trainer(config, n_train=8, out_dir=tmp_path)
+    trainer.fit()
+    assert trainer.step == 2
+    saved = read_checkpoint(tmp_path / "last.pt")["training_state"]["scaler"]
+    assert saved["scale"] == 2.0**16 and saved["_growth_tracker"] == 2
+    resumed = _trainer(_config("train.precision=fp16", "train.batch_size=4", "train.epochs=2"), 8, tmp_path)
+    resumed.fit(resume=True)
+    assert resumed.scaler.state_dict()["_growth_tracker"] == 4 and resumed.step == 4

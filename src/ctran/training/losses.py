@@ -36,6 +36,8 @@ def asl_terms(
     target = truth.clamp(min=0).to(logits.dtype)
     prob = torch.sigmoid(logits)
     prob_neg = (1 - prob + clip).clamp(max=1) if clip > 0 else 1 - prob
-    positive = target * torch.log(prob.clamp(min=eps)) * (1 - prob) ** gamma_pos
-    negative = (1 - target) * torch.log(prob_neg.clamp(min=eps)) * (1 - prob_neg) ** gamma_neg
+    # the focusing bases are clamped too: x ** gamma with 0 < gamma < 1 has an infinite slope at x = 0, and
+    # infinity times log(1) = 0 would make the gradient of a very confident, correct output NaN
+    positive = target * torch.log(prob.clamp(min=eps)) * (1 - prob).clamp(min=eps) ** gamma_pos
+    negative = (1 - target) * torch.log(prob_neg.clamp(min=eps)) * (1 - prob_neg).clamp(min=eps) ** gamma_neg
     return -((positive + negative) * weight).sum(), weight.sum()
