@@ -1,8 +1,8 @@
 """Summarise a ``mutmut run`` (``make mutants``): killed/survived per module, and every survivor's diff.
 
 Reads the ``mutants/**/*.meta`` files mutmut leaves behind and writes ``report.json`` and ``report.md`` into
-``--out``. Survivors are either killed by a new test or listed as equivalent, with the reason, in
-``docs/mutants.md``; the report marks the ones already listed there.
+``--out``. Survivors are either killed by a new test or listed with the reason in ``docs/mutants.md``; the
+report marks the ones listed there and counts the rest.
 """
 
 from __future__ import annotations
@@ -16,7 +16,15 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 # mutmut's exit-code convention (mutmut.stats.status_by_exit_code)
-STATUS = {1: "killed", 3: "killed", -24: "timeout", 24: "timeout", 0: "survived", 5: "no tests", 33: "no tests"}
+STATUS = {
+    1: "killed",
+    3: "killed",
+    -24: "timeout",
+    24: "timeout",
+    0: "survived",
+    5: "no tests",
+    33: "no tests",
+}
 
 
 def read_results(mutants: Path) -> dict[str, str]:
@@ -33,8 +41,8 @@ def module_of(mutant: str) -> str:
     return re.sub(r"\.(x_|x\u01c1)?[^.]*__mutmut_\d+$", "", mutant)
 
 
-def equivalent_mutants(notes: Path) -> set[str]:
-    """Names listed in docs/mutants.md (one per table row, in backticks)."""
+def listed_mutants(notes: Path) -> set[str]:
+    """Survivors listed with their reason in docs/mutants.md (full names in backticks)."""
     if not notes.is_file():
         return set()
     return set(re.findall(r"`(ctran\.[\w.ǁ]+__mutmut_\d+)`", notes.read_text()))
@@ -56,7 +64,7 @@ def main() -> int:
         print(f"{args.mutants} not found: run `mutmut run` (or `make mutants`) first", file=sys.stderr)
         return 2
     results = read_results(args.mutants)
-    listed = equivalent_mutants(args.notes)
+    listed = listed_mutants(args.notes)
     per_module: dict[str, Counter] = defaultdict(Counter)
     for name, status in results.items():
         per_module[module_of(name)][status] += 1
@@ -69,34 +77,34 @@ def main() -> int:
         "checked": checked,
         "killed": killed,
         "score": round(100 * killed / checked, 1) if checked else None,
-        "score_with_equivalents": round(100 * (killed + len(listed & set(survivors))) / checked, 1)
+        "score_with_listed": round(100 * (killed + len(listed & set(survivors))) / checked, 1)
         if checked
         else None,
+        "unlisted_survivors": len(set(survivors) - listed),
         "per_module": {module: dict(counts) for module, counts in sorted(per_module.items())},
-        "survivors": [{"name": n, "equivalent": n in listed} for n in survivors],
+        "survivors": [{"name": n, "listed": n in listed} for n in survivors],
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "report.json").write_text(json.dumps(summary, indent=2) + "\n")
     lines = [
         f"# Mutation testing: {killed} of {checked} mutants killed ({summary['score']}%)",
         "",
-        f"With the {len(listed & set(survivors))} survivors listed as equivalent in {args.notes}: "
-        f"{summary['score_with_equivalents']}%.",
+        f"{len(listed & set(survivors))} survivors are listed with a reason in {args.notes} "
+        f"(killed + listed: {summary['score_with_listed']}%); not listed: {summary['unlisted_survivors']}.",
         "",
         "| module | killed | timeout | survived | no tests |",
         "|---|---:|---:|---:|---:|",
     ]
     for module, counts in sorted(per_module.items()):
-        lines.append(
-            f"| {module} | {counts['killed']} | {counts['timeout']} | {counts['survived']} | {counts['no tests']} |"
-        )
+        cells = [counts[status] for status in ("killed", "timeout", "survived", "no tests")]
+        lines.append(f"| {module} | " + " | ".join(map(str, cells)) + " |")
     lines += ["", "## Survivors", ""]
     for name in survivors:
-        lines.append(f"### `{name}`{' (listed as equivalent)' if name in listed else ''}")
+        lines.append(f"### `{name}`{' (listed)' if name in listed else ' (NOT LISTED)'}")
         if not args.no_diffs:
             lines += ["", "```diff", diff_of(name), "```", ""]
     (args.out / "report.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines[:3 + 3 + len(per_module)]))
+    print("\n".join(lines[: 3 + 3 + len(per_module)]))
     print(f"wrote {args.out / 'report.md'} and report.json")
     return 0
 
