@@ -78,8 +78,13 @@ def test_a_file_of_another_architecture_is_refused_naming_what_is_missing(
     )
 
 
-def test_an_unreadable_file_names_itself_and_the_model(tmp_path: Path) -> None:
-    (tmp_path / "w.pth").write_bytes(b"not a state dict")
+@pytest.mark.parametrize(
+    "content", [b"not a state dict", b"\x80\x02."], ids=["text", "pickle-stop-on-empty-stack"]
+)
+def test_an_unreadable_file_names_itself_and_the_model(tmp_path: Path, content: bytes) -> None:
+    """Whatever error the unpickler raises on a corrupt file (here also an IndexError), the user gets one
+    message naming the file, not a traceback."""
+    (tmp_path / "w.pth").write_bytes(content)
     with pytest.raises(
         CTranError, match=rf"^cannot load backbone weights {tmp_path / 'w.pth'} into {NAME}: "
     ):

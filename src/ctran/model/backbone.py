@@ -123,7 +123,7 @@ def _load_local_weights(model: nn.Module, name: str, path: Path) -> None:
         if not set(model.state_dict()) & set(state):
             state = _rename_by_position(model.state_dict(), state, path)
         result = model.load_state_dict(state, strict=False)
-    except (OSError, RuntimeError, ValueError, KeyError) as err:
+    except Exception as err:  # a corrupt file fails inside the unpickler with any error type
         raise CTranError(f"cannot load backbone weights {path} into {name}: {err}") from err
     if result.missing_keys:
         shown = ", ".join(result.missing_keys[:5])
