@@ -67,16 +67,26 @@ def _scenes(split: str, size: int) -> DigitScenesDataset:
     return load_digit_scenes(split, 0, size)
 
 
-def _trainer(config: Config, n_train: int = 16, out_dir: Path | None = None) -> Trainer:
-    """A seeded model on ``n_train`` training scenes and 4 validation scenes."""
+def _trainer(
+    config: Config,
+    n_train: int = 16,
+    out_dir: Path | None = None,
+    num_labels: int | None = None,
+    **options: object,
+) -> Trainer:
+    """A seeded model (``num_labels`` outputs, default every label) on ``n_train`` training scenes and 4
+    validation scenes, without a progress bar unless ``options`` (Trainer's) say otherwise."""
     train = _scenes("train", n_train)
-    options = model_config(config, len(train.label_names))
+    model_options = model_config(config, num_labels or len(train.label_names))
     torch.manual_seed(0)
-    model = build_from_config(options)
-    meta = {"model_config": options, "target_names": train.target_names, "extra_names": train.extra_names}
-    return Trainer(
-        model, train, _scenes("val", 4), config, out_dir=out_dir, checkpoint_meta=meta, progress=False
-    )
+    model = build_from_config(model_options)
+    meta = {
+        "model_config": model_options,
+        "target_names": train.target_names,
+        "extra_names": train.extra_names,
+    }
+    options = {"progress": False, **options}
+    return Trainer(model, train, _scenes("val", 4), config, out_dir=out_dir, checkpoint_meta=meta, **options)
 
 
 def _state(model: nn.Module) -> State:
@@ -683,13 +693,10 @@ def test_progress_false_hides_the_bar_and_epoch_lines_false_prints_nothing(
 ) -> None:
     """The bar and the epoch lines are each switched off on their own, without an EMA note."""
     config = _config("train.batch_size=8")
-    train = _scenes("train", 8)
-    model = build_from_config(model_config(config, len(train.label_names)))
-    trainer = Trainer(model, train, _scenes("val", 4), config, progress=False, desc="fold 2")
-    row = trainer.fit().history[0]
+    row = _trainer(config, n_train=8, desc="fold 2").fit().history[0]
     assert _Bar.made[0].options["disable"] is True and _Bar.made[0].options["desc"] == "fold 2 1/1"
     assert _Bar.lines == [f"fold 2 epoch 1: loss {row['train_loss']:.4f}  val mAP {row['val_mAP']:.2f}"]
-    Trainer(model, train, _scenes("val", 4), config, epoch_lines=False).fit()
+    _trainer(config, n_train=8, epoch_lines=False).fit()
     assert len(_Bar.lines) == 1
 
 
@@ -774,10 +781,8 @@ def test_deterministic_training_turns_on_torchs_deterministic_algorithms_with_wa
 
 def test_a_batch_size_that_does_not_split_over_the_processes_is_refused() -> None:
     """Each process must get the same share of ``train.batch_size``."""
-    config = _config("train.batch_size=8")
-    model = build_from_config(model_config(config, 20))
     with pytest.raises(CTranError) as error:
-        Trainer(model, _scenes("train", 8), _scenes("val", 4), config, ctx=DistContext(world_size=3))
+        _trainer(_config("train.batch_size=8"), n_train=8, ctx=DistContext(world_size=3))
     assert str(error.value) == "train.batch_size 8 must divide by the 3 processes"
 
 
@@ -794,9 +799,7 @@ def test_extras_only_label_mask_can_reveal_every_extra_label_and_never_a_target(
 def test_the_baseline_scores_only_its_target_outputs_even_with_extra_loss() -> None:
     """The pooled-CNN baseline has no extra outputs, so ``extra_loss`` cannot score any."""
     config = _config("model.kind=baseline", "train.extra_loss=true", "train.batch_size=8")
-    train = _scenes("train", 8)
-    model = build_from_config(model_config(config, NUM_TARGETS))
-    trainer = Trainer(model, train, _scenes("val", 4), config, progress=False)
+    trainer = _trainer(config, n_train=8, num_labels=NUM_TARGETS)
     micro = _record_micro_batches(trainer)
     trainer.fit()
     assert micro[0][1] == 8 * NUM_TARGETS  # every target of the 8 images, no extra
