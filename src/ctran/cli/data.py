@@ -1,5 +1,4 @@
-"""``ctran data check``, ``stats`` and ``synth``: validate and describe a dataset, or write a synthetic one.
-"""
+"""``ctran data check``, ``stats`` and ``synth``: check, describe or generate a dataset."""
 
 from __future__ import annotations
 
