@@ -130,4 +130,6 @@ def test_partial_label_evaluation_on_voc_with_unannotated_entries(tmp_path: Path
     ]
     table = voc.VOC_CLASSES.index("diningtable")
     assert truth[0, table] == -1 and not scored[0, table]  # only a difficult table: never scored
-    assert scored.sum(dim=1).tolist() == [9, 10, 10]  # 20 labels, int(0.5 * 20) revealed, table not scorable
+    # int(0.5 * A) of each image's A annotated labels revealed: image 0 has 19 (the table is not), so 9 of
+    # them are revealed and 10 scored; the others have all 20, 10 revealed
+    assert scored.sum(dim=1).tolist() == [10, 10, 10]

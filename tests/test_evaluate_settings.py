@@ -124,41 +124,46 @@ def test_bad_settings_are_refused_before_loading(tmp_path, flags, message, capsy
 
 
 def _two_ranks(obj: tuple, ctx) -> list[tuple]:
-    """``gather_objects`` as under two processes: each rank scored every other image, and the shards arrive
-    so that concatenating them is out of image order."""
+    """``gather_to_main`` on rank 0 of two processes: each rank scored every other image, and the shards
+    arrive so that concatenating them is out of image order."""
     assert ctx.world_size == 2
     return [tuple(t[1::2] for t in obj), tuple(t[0::2] for t in obj)]
 
 
+def _rank_one(obj: tuple, ctx) -> None:
+    """``gather_to_main`` on rank 1: it sends its rows and keeps nothing."""
+    assert ctx.world_size == 2 and ctx.rank == 1
+    return None
+
+
 def test_scores_gathered_from_shards_are_put_back_in_image_order(digits_checkpoint, monkeypatch) -> None:
+    """Rank 0 receives every shard block by block and scores them in image order: the same metrics and the
+    same (probs, truth, scored, indices) as one process; rank 1 keeps nothing and takes rank 0's results."""
     from ctran.training import evaluation, trainer
     from ctran.training.distributed import DistContext
 
     model, _ = ctran.checkpoint.load_checkpoint(digits_checkpoint)
     loader = eval_loader(ctran.data.load_digit_scenes("test", 0, 40), 16)
     settings = [Setting(), Setting(0.5, True)]
-    alone = evaluate(model, loader, settings)
+    alone = evaluate(model, loader, settings)  # all 16 labels in one block
+    monkeypatch.setattr(ctran.metrics, "CHUNK_ENTRIES", 40 * 3)  # from here on, blocks of 3 labels
     direct = collect_scores(model, loader, settings)
-    monkeypatch.setattr(evaluation, "gather_objects", _two_ranks)
-    monkeypatch.setattr(trainer, "gather_objects", _two_ranks)
+    assert len(direct.blocks) == 6 and evaluate(model, loader, settings) == alone
+    monkeypatch.setattr(evaluation, "gather_to_main", _two_ranks)
+    monkeypatch.setattr(evaluation, "broadcast_from_main", lambda obj, ctx: obj)
     two = DistContext(world_size=2)
     assert evaluate(model, loader, settings, ctx=two) == alone
-    for setting, scores in trainer.gathered_scores(model, loader, settings, 0, two, "fp32").items():
+    gathered = trainer.gathered_scores(model, loader, settings, 0, two, "fp32")
+    assert gathered.rows == 40 and gathered.indices.tolist() == list(range(40))
+    for setting, scores in gathered.items():
         for got, want in zip(scores, direct[setting], strict=True):
             assert torch.equal(got, want)
     assert trainer.gathered_scores(model, loader, settings, 0, DistContext(), "fp32").keys() == direct.keys()
 
-
-def test_merge_shards_orders_rows_by_image_index() -> None:
-    from ctran.training.evaluation import merge_shards
-
-    rows = torch.arange(5.0)[:, None]  # (5, 1): row i belongs to image i
-    shards = [(rows[[4, 1]], rows[[4, 1]] + 10, rows[[4, 1]] > 2, torch.tensor([4, 1]))]
-    shards.append((rows[[0, 3, 2]], rows[[0, 3, 2]] + 10, rows[[0, 3, 2]] > 2, torch.tensor([0, 3, 2])))
-    probs, truth, scored, indices = merge_shards(shards)
-    assert indices.tolist() == [0, 1, 2, 3, 4]
-    assert probs.flatten().tolist() == [0, 1, 2, 3, 4] and truth.flatten().tolist() == [10, 11, 12, 13, 14]
-    assert scored.flatten().tolist() == [False, False, False, True, True]
+    monkeypatch.setattr(evaluation, "gather_to_main", _rank_one)
+    monkeypatch.setattr(evaluation, "broadcast_from_main", lambda obj, ctx: alone if obj is None else "sent")
+    assert trainer.gathered_scores(model, loader, settings, 0, DistContext(1, 2), "fp32") is None
+    assert evaluate(model, loader, settings, ctx=DistContext(1, 2)) == alone
 
 
 def test_evaluate_defaults_seed_zero_quiet_and_names_from_the_dataset(digits_checkpoint, capsys) -> None:

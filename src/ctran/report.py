@@ -19,12 +19,27 @@ def write_json(path: str | Path, data: object) -> Path:
     return path
 
 
+def mark_not_scored(metrics: dict) -> dict:
+    """A setting that scored nothing says why (``not_scored``), its metrics None, instead of NaN.
+
+    "no entry left": every annotated label was revealed (or nothing was annotated); "no label with a scored
+    positive": entries are left, but no label has a positive among them, so no AP is defined. NaN would
+    read as a number in JSON and tables and poison any mean taken over settings.
+    """
+    if metrics.get("n_labels_scored", 1) > 0:
+        return metrics
+    reason = "no entry left" if metrics.get("n_entries", 0) == 0 else "no label with a scored positive"
+    blanked = {key: None if isinstance(value, float) else value for key, value in metrics.items()}
+    return {**blanked, "not_scored": reason}  # the counts and per-label positives stay
+
+
 def metrics_table(
     rows: dict[str, dict], keys: tuple[str, ...] = ("mAP", *METRIC_KEYS[1:7]), counts: bool = False
 ) -> str:
     """A Markdown table with one row per named result and one column per metric (percent, 1 decimal).
 
-    ``counts`` adds what each row was averaged over: scored images and labels with a scored positive.
+    ``counts`` adds what each row was averaged over: scored images and labels with a scored positive. A
+    setting that scored nothing shows ``not scored: <why>`` in its first metric column.
     """
     extra = ("images", "labels") if counts else ()
     lines = [
@@ -33,7 +48,10 @@ def metrics_table(
     ]
     for name, metrics in rows.items():
         cells = [str(metrics.get(k, "-")) for k in ("n_images", "n_labels_scored")[: len(extra)]]
-        cells += [f"{metrics[k]:.1f}" if k in metrics else "-" for k in keys]
+        if "not_scored" in metrics:
+            cells += [f"not scored: {metrics['not_scored']}"] + ["-"] * (len(keys) - 1)
+        else:
+            cells += [f"{metrics[k]:.1f}" if metrics.get(k) is not None else "-" for k in keys]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -101,6 +119,7 @@ def plot_map_vs_known(
     for name, results in curves.items():
         points = [(0.0, results["regular"]["mAP"])]
         points += sorted((float(f), m["mAP"]) for f, m in results.get("partial", {}).items())
+        points = [(x, y) for x, y in points if y is not None]  # a setting that scored nothing has no point
         xs, ys = zip(*points, strict=True)
         ax.plot([100 * x for x in xs], ys, marker="o", label=name)
     for name, value in (extra or {}).items():

@@ -78,7 +78,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         write_json(args.json, metrics)
     if int(os.environ.get("RANK", "0")) == 0:
-        print(f"test mAP {metrics['mAP']:.2f} (best epoch {metrics['best_epoch']}); wrote {out}/metrics.json")
+        score = f"not scored: {metrics['not_scored']}" if "not_scored" in metrics else f"{metrics['mAP']:.2f}"
+        print(f"test mAP {score} (best epoch {metrics['best_epoch']}); wrote {out}/metrics.json")
     return 0
 
 

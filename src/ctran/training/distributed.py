@@ -1,8 +1,9 @@
 """Distributed data parallel plumbing for ``torchrun`` (NCCL on GPUs, gloo on CPU), a no-op in one process.
 
 torchrun sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``; ``init_distributed`` reads them. Evaluation shards
-the dataset without padding (``ShardSampler``) and gathers every prediction with its image index, so uneven
-shards neither drop nor duplicate images.
+the dataset without padding (``ShardSampler``) and gathers every prediction with its image index to rank 0
+only (``gather_to_main``: the others would hold the whole evaluation for nothing), so uneven shards neither
+drop nor duplicate images; what the other ranks need of it (a validation mAP) is broadcast back.
 """
 
 from __future__ import annotations
@@ -74,6 +75,24 @@ def gather_objects(obj: object, ctx: DistContext) -> list:
     gathered: list = [None] * ctx.world_size
     dist.all_gather_object(gathered, obj)
     return gathered
+
+
+def gather_to_main(obj: object, ctx: DistContext) -> list | None:
+    """Every rank's ``obj``, in rank order, on rank 0; None on the other ranks."""
+    if not ctx.enabled:
+        return [obj]
+    gathered: list | None = [None] * ctx.world_size if ctx.is_main else None
+    dist.gather_object(obj, gathered, dst=0)
+    return gathered
+
+
+def broadcast_from_main(obj: object, ctx: DistContext) -> object:
+    """Rank 0's ``obj`` on every rank (what the others pass is ignored)."""
+    if not ctx.enabled:
+        return obj
+    box = [obj if ctx.is_main else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 class ShardSampler(Sampler[int]):

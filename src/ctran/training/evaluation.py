@@ -4,23 +4,38 @@ A ``Setting`` says which labels the model is told: ``regular`` (none), ``partial
 target labels, chosen per image from the seed), ``extra`` (all extra labels) and ``partial_P+extra`` (both).
 Each batch is encoded once and only the label tokens + transformer + readout run again per setting, so
 scoring several settings in one call gives exactly the numbers of one call per setting.
+
+Memory: what a pass keeps (``EvalScores``) lives in temporary files laid out in label blocks, truth once as
+int8 and, per setting, float32 probabilities and the revealed labels; metrics read one block of labels of
+every image at a time. Resident memory then follows images x block, not images x labels x settings (Open
+Images' 41,620 x 9,605 in four settings is 6.4 GB of probabilities alone); the files sit in the OS page
+cache or on the temporary disk (``TMPDIR``). Under torchrun only rank 0 receives the shards, block by block.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import os
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ctran.errors import CTranError
-from ctran.metrics import multilabel_metrics
-from ctran.report import add_setting, setting_name
+from ctran.metrics import (
+    LabelChunkMetrics,
+    average_precision,
+    calibrate_thresholds,
+    label_chunks,
+    mean_ap_percent,
+)
+from ctran.report import add_setting, mark_not_scored, setting_name
 from ctran.states import UNKNOWN
-from ctran.training.distributed import DistContext, gather_objects
-from ctran.training.label_mask import evaluation_states, scored_mask
+from ctran.training.distributed import DistContext, broadcast_from_main, gather_to_main
+from ctran.training.label_mask import evaluation_states
 from ctran.training.precision import autocast
 
 
@@ -52,6 +67,170 @@ def input_states(
     return torch.cat([known_targets, known_extras], dim=1)
 
 
+def _write_all(fd: int, values: np.ndarray, offset: int) -> None:
+    view = memoryview(np.ascontiguousarray(values)).cast("B")
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
+
+
+def _read_all(fd: int, out: np.ndarray, offset: int) -> np.ndarray:
+    view = memoryview(out).cast("B")
+    while view:
+        got = os.preadv(fd, [view], offset)
+        if got == 0:
+            raise OSError("an evaluation scratch file ended early (was the temporary disk full?)")
+        view, offset = view[got:], offset + got
+    return out
+
+
+class LabelBlockFile:
+    """A (rows, L) matrix of one dtype in an unnamed temporary file, stored one block of labels at a time.
+
+    The block of labels ``[a, b)`` holds ``max_rows`` x (b - a) values row-major from element
+    ``a * max_rows``, so appending a batch is one write per block and reading a block of every row is one
+    contiguous read. Written values sit in the OS page cache (or on disk), not in this process's memory;
+    the file disappears with the object.
+    """
+
+    def __init__(self, max_rows: int, num_labels: int, dtype: np.dtype, blocks: list[slice]) -> None:
+        self.max_rows, self.num_labels, self.dtype, self.blocks = (
+            max_rows,
+            num_labels,
+            np.dtype(dtype),
+            blocks,
+        )
+        self.rows = 0
+        self._file = tempfile.TemporaryFile(prefix="ctran-eval-")  # noqa: SIM115 (lives as long as self)
+
+    def _offset(self, block: slice, row: int) -> int:
+        return (block.start * self.max_rows + row * (block.stop - block.start)) * self.dtype.itemsize
+
+    def append(self, rows: np.ndarray) -> None:
+        """Write (B, L) rows after the ones written so far."""
+        if self.rows + len(rows) > self.max_rows:
+            raise ValueError(f"more than the {self.max_rows} rows this file was made for")
+        for block in self.blocks:
+            _write_all(self._file.fileno(), rows[:, block].astype(self.dtype), self._offset(block, self.rows))
+        self.rows += len(rows)
+
+    def write_block(self, block: slice, values: np.ndarray) -> None:
+        """Write one block of labels of all ``max_rows`` rows: (max_rows, block width)."""
+        if values.shape != (self.max_rows, block.stop - block.start):
+            raise ValueError(f"block of shape {values.shape} for {self.max_rows} rows, labels {block}")
+        _write_all(self._file.fileno(), values.astype(self.dtype), self._offset(block, 0))
+        self.rows = self.max_rows
+
+    def read(self, block: slice) -> np.ndarray:
+        """One block of labels of every row written: (rows, block width)."""
+        out = np.empty((self.rows, block.stop - block.start), self.dtype)
+        return _read_all(self._file.fileno(), out, self._offset(block, 0))
+
+
+class EvalScores(Mapping):
+    """What one evaluation pass keeps, in label-block files: image indices (N,), the truth once (int8) and,
+    per setting, target probabilities (float32) and the labels revealed to the model (partial settings).
+
+    An entry is scored iff annotated and not revealed (``label_mask.scored_mask``). Metrics read one block
+    of labels at a time (``metrics``, ``map_and_thresholds``); ``scores[setting]`` gives the whole
+    (probs (N, T) float32, truth (N, T) int64, scored (N, T) bool, indices (N,)) tensors, for small
+    evaluations and tests.
+    """
+
+    def __init__(
+        self, settings: Iterable[Setting], max_rows: int, num_labels: int, blocks: list[slice]
+    ) -> None:
+        self.settings, self.num_labels, self.blocks = list(settings), num_labels, blocks
+        self._indices: list[np.ndarray] = []
+        self.truth = LabelBlockFile(max_rows, num_labels, np.int8, blocks)
+        self.probs = {s: LabelBlockFile(max_rows, num_labels, np.float32, blocks) for s in self.settings}
+        self.revealed = {
+            s: LabelBlockFile(max_rows, num_labels, np.bool_, blocks)
+            for s in self.settings
+            if s.known_fraction > 0
+        }
+
+    @property
+    def indices(self) -> np.ndarray:
+        """(N,) image index of every row."""
+        return np.concatenate(self._indices) if self._indices else np.zeros(0, dtype=np.int64)
+
+    @property
+    def rows(self) -> int:
+        return self.truth.rows
+
+    def append(self, indices: torch.Tensor, truth: torch.Tensor, rows: dict[Setting, tuple]) -> None:
+        """One batch: (B,) indices, (B, T) truth, and per setting (B, T) probabilities and revealed mask."""
+        self._indices.append(torch.as_tensor(indices).numpy().astype(np.int64))
+        self.truth.append(truth.numpy())
+        for setting, (probs, revealed) in rows.items():
+            self.probs[setting].append(probs.numpy())
+            if setting in self.revealed:
+                self.revealed[setting].append(revealed.numpy())
+
+    def _mask(self, setting: Setting, block: slice) -> np.ndarray | None:
+        """(N, width) True where the entry was not revealed (None: nothing was)."""
+        return ~self.revealed[setting].read(block) if setting in self.revealed else None
+
+    def blocks_of(self, setting: Setting) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
+        """(probs, truth, not-revealed mask) of every label block in turn, each (N, width)."""
+        for block in self.blocks:
+            yield self.probs[setting].read(block), self.truth.read(block), self._mask(setting, block)
+
+    def metrics(self, label_names: Sequence[str] | None = None) -> dict[Setting, dict]:
+        """``multilabel_metrics`` of every setting, one label block at a time (truth read once a block)."""
+        totals = {s: LabelChunkMetrics(self.rows, self.num_labels) for s in self.settings}
+        for block in self.blocks:
+            truth = self.truth.read(block)
+            for setting, total in totals.items():
+                total.add(self.probs[setting].read(block), truth, self._mask(setting, block))
+        return {setting: total.result(label_names) for setting, total in totals.items()}
+
+    def map_and_thresholds(self, setting: Setting) -> tuple[float, list[float]]:
+        """mAP (percent) and per-label F1-best thresholds of one setting, one label block at a time."""
+        ap, cuts = [], []
+        for probs, truth, mask in self.blocks_of(setting):
+            ap.append(average_precision(probs, truth, mask))
+            cuts.append(calibrate_thresholds(probs, truth, mask))
+        return mean_ap_percent(torch.cat(ap)), np.concatenate(cuts).tolist()
+
+    def gathered(self, ctx: DistContext | None) -> EvalScores | None:
+        """Every process's rows in image-index order on rank 0 (None on the others), one block at a time."""
+        if ctx is None or not ctx.enabled:
+            return self
+        shards = gather_to_main((self.indices,), ctx)
+        merged, order = None, None
+        if shards is not None:
+            indices = np.concatenate([shard[0] for shard in shards])
+            order = np.argsort(indices, kind="stable")
+            merged = EvalScores(self.settings, len(indices), self.num_labels, self.blocks)
+            merged._indices = [indices[order]]
+        files = [self.truth, *self.probs.values(), *self.revealed.values()]
+        for block in self.blocks:
+            parts = gather_to_main(tuple(file.read(block) for file in files), ctx)
+            if merged is not None:
+                merged_files = [merged.truth, *merged.probs.values(), *merged.revealed.values()]
+                for file, column in zip(merged_files, zip(*parts, strict=True), strict=True):
+                    file.write_block(block, np.concatenate(column)[order])
+        return merged
+
+    def __getitem__(self, setting: Setting) -> tuple[torch.Tensor, ...]:
+        probs = np.concatenate([p for p, _, _ in self.blocks_of(setting)], axis=1)
+        truth = torch.from_numpy(np.concatenate([self.truth.read(b) for b in self.blocks], axis=1)).long()
+        revealed = (
+            torch.from_numpy(np.concatenate([self.revealed[setting].read(b) for b in self.blocks], axis=1))
+            if setting in self.revealed
+            else torch.zeros_like(truth, dtype=torch.bool)
+        )
+        return torch.from_numpy(probs), truth, (truth != UNKNOWN) & ~revealed, torch.from_numpy(self.indices)
+
+    def __iter__(self) -> Iterator[Setting]:
+        return iter(self.settings)
+
+    def __len__(self) -> int:
+        return len(self.settings)
+
+
 @torch.inference_mode()
 def collect_scores(
     model: torch.nn.Module,
@@ -61,35 +240,31 @@ def collect_scores(
     device: torch.device | str = "cpu",
     precision: str = "fp32",
     progress: bool = False,
-) -> dict[Setting, tuple[torch.Tensor, ...]]:
-    """Per setting: target probabilities (N, T), truth (N, T), the scored mask (N, T), image indices (N,)."""
+) -> EvalScores:
+    """Target probabilities of this process's images in every setting, with their truth and image indices."""
     model.eval()
-    parts: dict[Setting, list[tuple[torch.Tensor, ...]]] = {s: [] for s in settings}
+    scores = None
     for batch in tqdm(loader, desc="evaluate", disable=not progress, leave=False):
         if batch is None:  # every image of the batch was unreadable and skipped
             continue
         images, targets, extras, indices = batch
         num_targets = targets.shape[1]
+        if scores is None:
+            total = len(loader.dataset)
+            scores = EvalScores(settings, total, num_targets, label_chunks(total, num_targets))
         images, targets, extras = images.to(device), targets.to(device), extras.to(device)
+        rows = {}
         with autocast(device, precision):
             tokens = model.encode(images)
             for setting in settings:
                 states = input_states(setting, targets, extras, indices, seed)
                 logits = model.decode(tokens, states)[:, :num_targets]  # (B, T)
-                scored = scored_mask(targets, states[:, :num_targets])
-                parts[setting].append(
-                    (logits.float().sigmoid().cpu(), targets.cpu(), scored.cpu(), torch.as_tensor(indices))
-                )
-    if not any(parts.values()):
+                revealed = states[:, :num_targets] != UNKNOWN  # (B, T)
+                rows[setting] = (logits.float().sigmoid().cpu(), revealed.cpu())
+        scores.append(indices, targets.cpu(), rows)
+    if scores is None:
         raise CTranError("no images to evaluate: the dataset is empty or every image was unreadable")
-    return {s: tuple(torch.cat(col) for col in zip(*chunks, strict=True)) for s, chunks in parts.items()}
-
-
-def merge_shards(parts: list[tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, ...]:
-    """Concatenate (probs, truth, scored, indices) from every process, in image-index order."""
-    probs, truth, scored, indices = (torch.cat(column) for column in zip(*parts, strict=True))
-    order = indices.argsort()
-    return probs[order], truth[order], scored[order], indices[order]
+    return scores
 
 
 def evaluate(
@@ -107,16 +282,16 @@ def evaluate(
     ``{"regular": {...}, "partial": {"0.5": {...}}, "extra": {...}, "partial_extra": {"0.5": {...}}}``.
 
     Each setting's metrics hold ``per_label`` AP and positives, named by ``label_names`` (default: the
-    loader's dataset's ``target_names``). Under torchrun each process scores its shard; rows from every
-    process are gathered before metrics.
+    loader's dataset's ``target_names``); a setting with nothing to score says so (``not_scored``) instead
+    of holding NaN. Under torchrun each process scores its shard, rank 0 gathers the rows and computes the
+    metrics, and every process returns them.
     """
     settings = settings or standard_settings()
     names = label_names if label_names is not None else getattr(loader.dataset, "target_names", None)
-    scores = collect_scores(model, loader, settings, seed, device, precision, progress)
-    if ctx is not None and ctx.enabled:
-        scores = {setting: merge_shards(gather_objects(scores[setting], ctx)) for setting in settings}
-    results: dict = {}
-    for setting, (probs, truth, scored, _) in scores.items():
-        metrics = multilabel_metrics(probs, truth, mask=scored, label_names=names)
-        add_setting(results, setting.known_fraction, setting.reveal_extras, metrics)
-    return results
+    scores = collect_scores(model, loader, settings, seed, device, precision, progress).gathered(ctx)
+    results = None
+    if scores is not None:
+        results = {}
+        for setting, metrics in scores.metrics(names).items():
+            add_setting(results, setting.known_fraction, setting.reveal_extras, mark_not_scored(metrics))
+    return broadcast_from_main(results, ctx) if ctx is not None else results

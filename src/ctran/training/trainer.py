@@ -39,10 +39,15 @@ from ctran.data.base import LabeledImages
 from ctran.devices import resolve_device
 from ctran.errors import CTranError
 from ctran.files import atomic_write_bytes
-from ctran.metrics import calibrate_thresholds, mean_average_precision
 from ctran.states import NEGATIVE, UNKNOWN
-from ctran.training.distributed import DistContext, all_reduce_sum, barrier, gather_objects
-from ctran.training.evaluation import Setting, collect_scores, merge_shards
+from ctran.training.distributed import (
+    DistContext,
+    all_reduce_sum,
+    barrier,
+    broadcast_from_main,
+    gather_objects,
+)
+from ctran.training.evaluation import EvalScores, Setting, collect_scores
 from ctran.training.label_mask import sample_training_states, scored_mask
 from ctran.training.loaders import eval_loader, train_loader
 from ctran.training.losses import asl_terms, bce_terms
@@ -64,12 +69,10 @@ class TrainResult:
 
 def gathered_scores(
     model: nn.Module, loader: DataLoader, settings: list[Setting], seed: int, ctx: DistContext, precision: str
-) -> dict[Setting, tuple[torch.Tensor, ...]]:
-    """``collect_scores`` on this shard, then every shard's rows in image-index order on every process."""
-    local = collect_scores(model, loader, settings, seed, ctx.device, precision)
-    if not ctx.enabled:
-        return local
-    return {setting: merge_shards(gather_objects(local[setting], ctx)) for setting in settings}
+) -> EvalScores | None:
+    """``collect_scores`` on this shard, then every shard's rows in image-index order on rank 0 (None on
+    the other ranks: they only need what rank 0 computes from them)."""
+    return collect_scores(model, loader, settings, seed, ctx.device, precision).gathered(ctx)
 
 
 class Trainer:
@@ -291,10 +294,8 @@ class Trainer:
         scores = gathered_scores(
             model, self.val_loader, [Setting()], self.config.seed, self.ctx, self.precision
         )
-        probs, truth, scored, _ = scores[Setting()]
-        return mean_average_precision(probs, truth, scored), calibrate_thresholds(
-            probs, truth, scored
-        ).tolist()
+        summary = scores.map_and_thresholds(Setting()) if scores is not None else None
+        return broadcast_from_main(summary, self.ctx)  # every rank takes the same early-stop decisions
 
     def _validate(self) -> dict:
         row, self._thresholds = {}, {}
