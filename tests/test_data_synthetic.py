@@ -143,3 +143,22 @@ def test_cli_prints_a_summary_and_writes_a_training_config(tmp_path: Path, capsy
 def test_bad_values_exit_2(tmp_path: Path, capsys, flags: list[str], message: str) -> None:
     assert main(["data", "synth", "--out", str(tmp_path / "x"), "--quiet", *flags]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_ctran_train_scores_every_partial_setting_on_sparse_annotations(small_set, tmp_path: Path) -> None:
+    """End to end through ``ctran train`` with the folder's own config (``unlisted=unknown``): each test image
+    reveals int(f * A_i) of its A_i annotated labels and is scored on the rest, so every partial setting is
+    finite and scores exactly sum(A_i - int(f * A_i)) entries, on every image."""
+    out, _ = small_set
+    run = tmp_path / "run"
+    overrides = ["train.epochs=1", "model.dim=32", "model.dropout=0", "data.num_workers=0"]
+    assert main(["train", "--config", str(out / "ctran.yaml"), "--out", str(run), "--quiet", *overrides]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    annotated = (_states(out, "test") >= 0).sum(1)  # (N,) A_i
+    assert metrics["n_images"] == len(annotated) == 50 and metrics["n_entries"] == annotated.sum()
+    partial = metrics["settings"]["partial"]
+    assert sorted(partial, key=float) == ["0.25", "0.5", "0.75"]
+    for fraction, result in partial.items():
+        hidden = annotated - np.floor(float(fraction) * annotated).astype(int)
+        assert result["n_entries"] == hidden.sum() and result["n_images"] == 50, fraction
+        assert np.isfinite(result["mAP"]) and 0 < result["n_labels_scored"] <= metrics["n_labels_scored"]
