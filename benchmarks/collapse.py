@@ -26,7 +26,9 @@ Writes ``benchmarks/results/collapse.{json,md}``. Run (about 20 minutes on two s
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -37,7 +39,7 @@ import torch
 from common import RESULTS, machine_info, write_report
 from ctran.checkpoint import load_checkpoint
 from ctran.config import load_config
-from ctran.data.synthetic import write_synthetic
+from ctran.data.synthetic import training_config, write_synthetic
 from ctran.metrics import mean_average_precision
 from ctran.training.evaluation import Setting, collect_scores
 from ctran.training.loaders import eval_loader
@@ -47,6 +49,7 @@ from ctran.training.run import build_datasets, train_run
 # dropout takes the slow unfused attention kernel on CPU), in-process data loading.
 RECIPE = ["model.dim=32", "model.dropout=0", "data.num_workers=0", "eval.known_fractions=[0.5]"]
 FLAT = 0.01
+RUNS = ("small", "large", "small-shuffled", "large-shuffled")
 
 
 def spread(probs: np.ndarray, truth: np.ndarray) -> dict:
@@ -108,6 +111,42 @@ def run(root: Path, name: str, epochs: int, seed: int, work: Path) -> dict:
     }
 
 
+def kept_rows(out: Path, runs: list[str], args: argparse.Namespace) -> list[dict]:
+    """Rows of an earlier invocation with the same settings, for the runs not repeated now."""
+    if not out.exists():
+        return []
+    old = json.loads(out.read_text())
+    if old.get("settings") != settings(args):
+        return []
+    return [row for row in old["rows"] if row["name"] not in runs]
+
+
+def settings(args: argparse.Namespace) -> dict:
+    keys = ("images", "small", "labels", "val", "test", "epochs_large", "epochs_small", "seed")
+    return {key: getattr(args, key) for key in keys}
+
+
+def shuffled_copy(source: Path, root: Path, seed: int) -> Path:
+    """The set with its training labels permuted across images (val and test untouched): the pixels no
+    longer tell anything about the training labels, as when images and labels get out of step."""
+    if root.exists():
+        shutil.rmtree(root)
+    root.mkdir(parents=True)
+    (root / "images").symlink_to((source / "images").resolve())
+    for name in ("labels.txt", "val.csv", "test.csv"):
+        shutil.copy(source / name, root / name)
+    with open(source / "train.csv", newline="") as handle:
+        header, *rows = list(csv.reader(handle))
+    labels = [row[1] for row in rows]
+    order = np.random.default_rng(seed).permutation(len(rows))
+    with open(root / "train.csv", "w", newline="") as handle:
+        csv.writer(handle, lineterminator="\n").writerows(
+            [header] + [[row[0], labels[i]] for row, i in zip(rows, order, strict=True)]
+        )
+    (root / "ctran.yaml").write_text(training_config(root, 32))
+    return root
+
+
 def generate(root: Path, images: int, args: argparse.Namespace) -> dict:
     """Write the set (or reuse the one a previous ``--data`` run wrote with the same parameters)."""
     wanted = {"train": images, "val": args.val, "test": args.test}
@@ -158,23 +197,36 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=None, help="keep the generated sets here")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 3,000 vs 600 images, 1 epoch")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument(
+        "--runs",
+        default="small,large",
+        help=f"comma-separated, from {', '.join(RUNS)}; rows of other runs already in the JSON are kept",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.quick:
         args.images, args.small, args.val, args.test, args.epochs_small = 3000, 600, 200, 500, 1
     out = args.out or RESULTS / ("collapse_quick.json" if args.quick else "collapse.json")
+    runs = args.runs.split(",")
+    unknown = sorted(set(runs) - set(RUNS))
+    if unknown:
+        parser.error(f"--runs: unknown {unknown[0]!r} (choose from {', '.join(RUNS)})")
+    sizes = {"small": (args.small, args.epochs_small), "large": (args.images, args.epochs_large)}
+    rows = [] if args.quick else kept_rows(out, runs, args)
     with tempfile.TemporaryDirectory() as scratch:
         data = args.data or Path(scratch) / "data"
-        sets = {"small": (args.small, args.epochs_small), "large": (args.images, args.epochs_large)}
-        generated, rows = {}, []
-        for name, (images, _) in sets.items():
+        generated = {}
+        for name, (images, _) in sizes.items():
             generated[name] = generate(data / name, images, args)
             print(
                 f"{name}: {generated[name]['images']} ({generated[name]['images_per_s']} img/s)", flush=True
             )
-        for name, (_, epochs) in sets.items():
-            rows.append(run(data / name, name, epochs, args.seed, Path(scratch)))
+        for name in runs:
+            size, shuffled = name.removesuffix("-shuffled"), name.endswith("-shuffled")
+            root = shuffled_copy(data / size, data / name, args.seed) if shuffled else data / size
+            rows.append(run(root, name, sizes[size][1], args.seed, Path(scratch)))
             print(rows[-1], flush=True)
+    rows.sort(key=lambda row: RUNS.index(row["name"]))
     large = generated["large"]
     generator = {
         "images": sum(large["images"].values()),
@@ -185,7 +237,10 @@ def main() -> None:
     }
     table = markdown(rows, generator)
     print(table)
-    write_report(out, "collapse", machine_info(torch.device("cpu")), rows, generator=generator, recipe=RECIPE)
+    write_report(
+        out, "collapse", machine_info(torch.device("cpu")), rows,
+        generator=generator, recipe=RECIPE, settings=settings(args),
+    )  # fmt: skip
     out.with_suffix(".md").write_text(table + "\n")
 
 
