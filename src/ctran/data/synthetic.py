@@ -5,8 +5,9 @@ long-tailed frequency, about ten annotated (image, label) entries per image and 
 and datasets of 100,000 images. The generator writes tiny PNGs whose pixels carry the labels, so a model can
 learn them, and labels that depend on each other, so known labels help.
 
-Generative process (deterministic from ``seed``; the label model depends on ``seed`` and ``num_labels`` only,
-so every split and every dataset size share it):
+Generative process (deterministic from ``seed``; the label model depends on the seed and the label
+parameters only, so every split and every dataset size share it, and images are drawn in chunks of 1,000
+seeded by (seed, split, chunk), so a smaller set's images are the first ones of a larger set's):
 
 1. Labels come in groups of ``group_size`` (the last group may be smaller). Groups are drawn with a
    Zipf-like popularity ``1 / rank ** zipf`` (group 0 the most popular). Within a group, label ``k`` has a
