@@ -13,14 +13,19 @@ how different the predictions of different images are:
   predictions and for the truth (0/1), averaged over labels with at least two annotated entries; their
   ratio says how much of the truth's spread the predictions reproduce;
 - ``flat_labels``: the fraction of labels whose prediction varies by less than 0.01 (std) across images;
-- ``mAP`` (regular and with half of each image's annotations known), and ``prior_mAP``: the mAP of a
-  collapsed predictor (every image gets the training label frequencies), which a model that reads the
-  pixels must beat.
+- ``mAP`` (regular and with half of each image's annotations known), ``prior_mAP``: the mAP of a
+  collapsed predictor (every image gets the training label frequencies), and the mAP of random scores:
+  the floors a model that reads the pixels must clear.
+
+Controls (``--runs small-shuffled,large-shuffled``): the same sets with the training labels permuted across
+images, so that the pixels tell nothing about them (images and labels out of step, as a broken data
+pipeline leaves them): what collapse looks like, and what causes it.
 
 The generator's throughput (images written per second) is reported too. Both sets come from one seed:
 the small set's training images are the large set's first 3,000 and the test images are the same ones.
-Writes ``benchmarks/results/collapse.{json,md}``. Run (about 20 minutes on two shared CPU cores):
-``OMP_NUM_THREADS=1 .venv/bin/python benchmarks/collapse.py`` (``--quick`` for a smoke run).
+Writes ``benchmarks/results/collapse.{json,md}``. Run (about 25 minutes on two shared CPU cores, the
+controls 20 more): ``OMP_NUM_THREADS=1 .venv/bin/python benchmarks/collapse.py --data /tmp/collapse`` then
+``... --data /tmp/collapse --runs small-shuffled,large-shuffled`` (``--quick`` for a smoke run).
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ import torch
 from common import RESULTS, machine_info, write_report
 from ctran.checkpoint import load_checkpoint
 from ctran.config import load_config
+from ctran.data import tabular
 from ctran.data.synthetic import training_config, write_synthetic
 from ctran.metrics import mean_average_precision
 from ctran.training.evaluation import Setting, collect_scores
@@ -80,6 +86,14 @@ def prior_map(train_truth: np.ndarray, truth: np.ndarray) -> float:
     rate = (train_truth == 1).sum(0) / np.maximum(annotated.sum(0), 1)  # (L,)
     constant = np.broadcast_to(rate, truth.shape).astype(np.float32)
     return mean_average_precision(constant, truth, truth >= 0)
+
+
+def chance_map(truth: np.ndarray, seed: int, draws: int = 5) -> float:
+    """mAP (percent) of random scores, averaged over ``draws``: above the prior's on labels with few
+    annotated entries (a random ranking beats a tie now and then), so the floor a model must clear."""
+    rng = np.random.default_rng(seed)
+    maps = [mean_average_precision(rng.random(truth.shape), truth, truth >= 0) for _ in range(draws)]
+    return float(np.mean(maps))
 
 
 def run(root: Path, name: str, epochs: int, seed: int, work: Path) -> dict:
@@ -160,7 +174,7 @@ def generate(root: Path, images: int, args: argparse.Namespace) -> dict:
     )  # fmt: skip
 
 
-def markdown(rows: list[dict], generator: dict) -> str:
+def markdown(rows: list[dict], generator: dict, chance: float) -> str:
     lines = [
         "| run | training images x epochs | labels | test images | mAP | mAP, half known | prior mAP "
         "| pred std | pred std (annotated) | truth std (annotated) | ratio | flat labels | minutes |",
@@ -173,6 +187,8 @@ def markdown(rows: list[dict], generator: dict) -> str:
             f"| {r['pred_std_annotated']:.3f} | {r['truth_std']:.3f} | {r['std_ratio']:.2f} "
             f"| {100 * r['flat_labels']:.1f}% | {r['train_seconds'] / 60:.1f} |"
         )
+    lines.append("")
+    lines.append(f"Random scores on the same test entries: mAP {chance:.1f} (mean of 5 draws).")
     lines.append("")
     lines.append(
         f"Generator: {generator['images']:,} images of {generator['image_size']} px written in "
@@ -200,14 +216,15 @@ def main() -> None:
     parser.add_argument(
         "--runs",
         default="small,large",
-        help=f"comma-separated, from {', '.join(RUNS)}; rows of other runs already in the JSON are kept",
+        help=f"comma-separated, from {', '.join(RUNS)}; rows of other runs already in the JSON are kept "
+        '(--runs "" rewrites the report from them)',
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.quick:
         args.images, args.small, args.val, args.test, args.epochs_small = 3000, 600, 200, 500, 1
     out = args.out or RESULTS / ("collapse_quick.json" if args.quick else "collapse.json")
-    runs = args.runs.split(",")
+    runs = [name for name in args.runs.split(",") if name]
     unknown = sorted(set(runs) - set(RUNS))
     if unknown:
         parser.error(f"--runs: unknown {unknown[0]!r} (choose from {', '.join(RUNS)})")
@@ -226,6 +243,8 @@ def main() -> None:
             root = shuffled_copy(data / size, data / name, args.seed) if shuffled else data / size
             rows.append(run(root, name, sizes[size][1], args.seed, Path(scratch)))
             print(rows[-1], flush=True)
+        test_truth = tabular.load(data / "large", "test", unlisted="unknown").target_table.dense()
+        chance = round(chance_map(test_truth, args.seed), 2)
     rows.sort(key=lambda row: RUNS.index(row["name"]))
     large = generated["large"]
     generator = {
@@ -235,11 +254,11 @@ def main() -> None:
         "images_per_s": large["images_per_s"],
         "workers": args.workers,
     }
-    table = markdown(rows, generator)
+    table = markdown(rows, generator, chance)
     print(table)
     write_report(
         out, "collapse", machine_info(torch.device("cpu")), rows,
-        generator=generator, recipe=RECIPE, settings=settings(args),
+        generator=generator, chance_mAP=chance, recipe=RECIPE, settings=settings(args),
     )  # fmt: skip
     out.with_suffix(".md").write_text(table + "\n")
 
