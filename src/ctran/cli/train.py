@@ -59,9 +59,6 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ctran.report import write_json
-    from ctran.training.run import train_run
-
     flags = {
         "data.format": args.data,
         "data.root": args.data_root,
@@ -74,6 +71,9 @@ def run(args: argparse.Namespace) -> int:
         config, out = resumed_config(args.resume, args.config, overrides), args.resume
     else:
         config, out = new_run_config(args.out, args.config, overrides), args.out
+    from ctran.report import write_json  # after the config is checked: a bad value fails in milliseconds
+    from ctran.training.run import train_run
+
     metrics = train_run(config, out, resume=args.resume is not None, progress=show_progress(args.quiet))
     if args.json:
         write_json(args.json, metrics)

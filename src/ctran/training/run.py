@@ -92,6 +92,7 @@ def model_config(config: Config, num_labels: int) -> dict:
     options = dataclasses.asdict(config.model)
     kind = options.pop("kind")
     options.pop("init_from")
+    options.pop("batchnorm")  # how the trainer treats BatchNorm, not a build option (ModelConfig.batchnorm)
     if kind == "baseline":
         options = {key: options[key] for key in ("backbone", "pretrained", "backbone_weights")}
     return {"kind": kind, "num_labels": num_labels, **options}
