@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 
-from torch.utils.data import DataLoader, DistributedSampler
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from ctran.data.base import LabeledImages
 from ctran.data.images import collate_samples
@@ -30,18 +32,50 @@ def usable_workers(requested: int) -> int:
 def train_loader(
     dataset: LabeledImages, batch_size: int, seed: int, ctx: DistContext, workers: int
 ) -> DataLoader:
-    """Shuffled by (seed, epoch) through ``DistributedSampler`` (also in one process: the same order)."""
-    sampler = DistributedSampler(dataset, ctx.world_size, ctx.rank, shuffle=True, seed=seed, drop_last=False)
+    """Shuffled by (seed, epoch) through ``DistributedSampler`` (also in one process: the same order), each
+    image's random augmentation drawn from (seed, epoch, index): a resumed run sees the same crops."""
+    sampler = KeyedSampler(dataset, ctx.world_size, ctx.rank, shuffle=True, seed=seed, drop_last=False)
     workers = usable_workers(workers)
     return DataLoader(
-        dataset,
+        SeededAugmentation(dataset, seed),
         batch_size=batch_size,
         sampler=sampler,
         num_workers=workers,
         collate_fn=collate_samples,
         persistent_workers=workers > 0,
         pin_memory=ctx.device.type == "cuda",
+        generator=torch.Generator().manual_seed(seed),  # the workers' seeds: never drawn from the global RNG
     )
+
+
+class KeyedSampler(DistributedSampler):
+    """``DistributedSampler`` yielding ``(epoch, index)``: the epoch reaches persistent workers with each
+    image (a ``set_epoch`` on the main process's dataset copy would not)."""
+
+    def __iter__(self):
+        return ((self.epoch, index) for index in super().__iter__())
+
+
+class SeededAugmentation(Dataset):
+    """``dataset[index]`` with the global torch RNG (what torchvision's random transforms draw from) seeded
+    by (seed, epoch, index) alone, and restored after.
+
+    Without it a worker's RNG runs on from its start, so a resumed run (whose workers start afresh) drew
+    other crops than a run that never stopped, and the crops also changed with the number of workers.
+    """
+
+    def __init__(self, dataset: LabeledImages, seed: int) -> None:
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]):
+        epoch, index = key
+        entropy = np.random.SeedSequence([self.seed, epoch, index], spawn_key=(1,))  # not the label masks'
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(entropy.generate_state(1, np.uint64)[0]))
+            return self.dataset[index]
 
 
 def eval_loader(
