@@ -101,7 +101,7 @@ class ModelConfig:
 
     kind: Annotated[str, one_of("ctran", "baseline")] = "ctran"  # baseline: pooled CNN, same backbone
     init_from: str | None = None  # fine-tune: start from this ctran checkpoint, labels matched by name
-    backbone: str = "resnet101"  # a timm name, with a weights tag to pin them: resnet101.tv_in1k
+    backbone: str = "resnet101.tv_in1k"  # timm name.tag; the paper's torchvision weights (README)
     pretrained: bool = True
     backbone_weights: str | None = None  # a local .pth/.safetensors for offline machines
     dim: PositiveInt = 2048  # divisible by heads

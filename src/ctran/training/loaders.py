@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from ctran.data.base import LabeledImages
 from ctran.data.images import collate_samples
@@ -34,12 +35,12 @@ def train_loader(
 ) -> DataLoader:
     """Shuffled by (seed, epoch) through ``DistributedSampler`` (also in one process: the same order), each
     image's random augmentation drawn from (seed, epoch, index): a resumed run sees the same crops."""
-    sampler = KeyedSampler(dataset, ctx.world_size, ctx.rank, shuffle=True, seed=seed, drop_last=False)
+    sampler = DistributedSampler(dataset, ctx.world_size, ctx.rank, shuffle=True, seed=seed, drop_last=False)
     workers = usable_workers(workers)
     return DataLoader(
         SeededAugmentation(dataset, seed),
         batch_size=batch_size,
-        sampler=sampler,
+        sampler=EpochKeys(sampler),
         num_workers=workers,
         collate_fn=collate_samples,
         persistent_workers=workers > 0,
@@ -48,12 +49,26 @@ def train_loader(
     )
 
 
-class KeyedSampler(DistributedSampler):
-    """``DistributedSampler`` yielding ``(epoch, index)``: the epoch reaches persistent workers with each
-    image (a ``set_epoch`` on the main process's dataset copy would not)."""
+class EpochKeys(Sampler):
+    """A sampler (of indices, or of batches of indices) whose every index comes as ``(epoch, index)``.
 
-    def __iter__(self):
-        return ((self.epoch, index) for index in super().__iter__())
+    The key reaches ``SeededAugmentation`` in persistent workers, which a ``set_epoch`` on the main process's
+    copy of the dataset would not. ``set_epoch`` and the length are the wrapped sampler's.
+    """
+
+    def __init__(self, sampler: Sampler) -> None:
+        self.sampler = sampler
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self) -> Iterator:
+        epoch = self.sampler.epoch
+        for item in self.sampler:
+            yield [(epoch, index) for index in item] if isinstance(item, list) else (epoch, item)
 
 
 class SeededAugmentation(Dataset):
