@@ -45,26 +45,14 @@ class Range:
             raise CTranError(f"{key} must be {self.describe()}, got {value!r}")
 
     def describe(self) -> str:
-        """``> 0``, ``>= 0``, ``in [0, 1)``, ... (bounds printed as written: 0, not 0.0)."""
-        low = (
-            f"({_number(self.gt)}"
-            if self.gt is not None
-            else f"[{_number(self.ge)}"
-            if self.ge is not None
-            else ""
-        )
-        high = (
-            f"{_number(self.lt)})"
-            if self.lt is not None
-            else f"{_number(self.le)}]"
-            if self.le is not None
-            else ""
-        )
-        if low and high:
-            return f"in {low}, {high}"
-        if low:
-            return f"{'>' if low[0] == '(' else '>='} {low[1:]}"
-        return f"{'<' if high[-1] == ')' else '<='} {high[:-1]}"
+        """``> 0``, ``>= 0``, ``in [0, 1)``, ... (bounds as written: 0, not 0.0)."""
+        low, low_open = (self.gt, True) if self.gt is not None else (self.ge, False)
+        high, high_open = (self.lt, True) if self.lt is not None else (self.le, False)
+        if low is not None and high is not None:
+            return f"in {'(' if low_open else '['}{_number(low)}, {_number(high)}{')' if high_open else ']'}"
+        if low is not None:
+            return f"{'>' if low_open else '>='} {_number(low)}"
+        return f"{'<' if high_open else '<='} {_number(high)}"
 
 
 @dataclass(frozen=True)
@@ -111,6 +99,7 @@ class ModelConfig:
     dropout: Annotated[float, BELOW_ONE] = 0.1
     position_encoding: bool = False
     attention: Annotated[str, one_of("full", "one_way")] = "full"  # one_way: image tokens never see labels
+    # frozen | live | sync | auto: frozen for a pretrained backbone, else live
     batchnorm: Annotated[str, one_of("auto", "frozen", "live", "sync")] = "auto"
 
 
@@ -128,9 +117,8 @@ class DataConfig:
     test_split: str | None = None
     val_fraction: Annotated[float, Range(gt=0, lt=1)] = 0.1  # held out of train without a val split
     sizes: dict[str, PositiveInt] | None = None  # digits only: scenes per split, e.g. {train: 2000}
-    options: dict[str, str | int | float | bool] = field(
-        default_factory=dict
-    )  # the format's own: {difficult: negative}
+    # the format's own, e.g. {difficult: negative}
+    options: dict[str, str | int | float | bool] = field(default_factory=dict)
     num_workers: NonNegativeInt = 4
     on_bad_image: Annotated[str, one_of("skip", "fail")] = "skip"
     # keep this seeded fraction of train/val target annotations (missing labels)
@@ -145,9 +133,8 @@ class TrainConfig:
 
     epochs: PositiveInt = 40
     batch_size: PositiveInt = 16
-    grad_accum: PositiveInt = (
-        1  # optimisation step every N batches (effective batch = batch_size * N * world)
-    )
+    # optimisation step every N batches (effective batch = batch_size * N * world)
+    grad_accum: PositiveInt = 1
     optimizer: Annotated[str, one_of("adam", "adamw")] = "adam"
     lr: Annotated[float, POSITIVE] = 1e-5
     weight_decay: Annotated[float, NON_NEGATIVE] = 0.0
@@ -168,13 +155,14 @@ class TrainConfig:
     extra_loss: bool = False  # also train the extra labels' outputs where unknown (CUB-312 concepts)
     # not-annotated targets out of the loss, or taken as negatives
     missing: Annotated[str, one_of("ignore", "negative")] = "ignore"
+    # label tokens per training batch: loss/known ones + a sample up to N (0: all)
+    label_tokens: NonNegativeInt = 0
     grad_clip: Annotated[float, NON_NEGATIVE] = 0.0  # max gradient norm (0: off)
     max_bad_steps: PositiveInt = 10  # stop after this many consecutive steps with a non-finite loss/gradient
     ema_decay: Annotated[float, BELOW_ONE] = 0.0  # 0: off; e.g. 0.9997 as in ASL/Query2Label
     precision: Annotated[str, one_of("auto", "fp32", "bf16", "fp16")] = "auto"
     deterministic: bool = False
     device: str = "auto"  # auto: cuda (the local rank's GPU) when available, else cpu
-    label_tokens: NonNegativeInt = 0
 
 
 @dataclass

@@ -21,7 +21,8 @@ def register(commands: argparse._SubParsersAction) -> None:
         "and, "
         "at the end, metrics.json (the best checkpoint evaluated on the test split). Override any config key "
         "with section.key=value anywhere on the line, e.g. train.lr=1e-4 model.backbone=tresnet_l. "
-        "--resume DIR continues a stopped run; with train.epochs=N it also extends a finished one. Under "
+        "--resume DIR continues a stopped run; with train.epochs=N it also extends a finished one (a cosine "
+        "schedule goes on from its current lr to its floor at the new end). Under "
         "torchrun, every process runs this same command; only rank 0 writes files.",
         epilog="examples:\n  ctran train --config configs/digits-tiny.yaml --out runs/tiny\n"
         "  ctran train --config configs/coco80.yaml --data-root /data/coco --out runs/coco\n"
@@ -97,7 +98,8 @@ def resumed_config(run_dir: Path, config_file: str | None, overrides: list[str])
     """The saved config of the run in ``run_dir``, with the few overrides a resumed run may take.
 
     A folder whose run was stopped before its first checkpoint has nothing to resume from; a finished or
-    stopped run extends only by raising ``train.epochs`` (one-cycle schedules end at their planned step).
+    stopped run extends only by raising ``train.epochs`` (one-cycle schedules end at their planned step; a
+    cosine goes on from its current lr, see ``ctran.training.optim.continue_schedule``).
     """
     from ctran.config import load_config
     from ctran.training.run import load_run_config
