@@ -46,7 +46,7 @@ def test_a_bare_name_is_timms_default_tag_and_is_recorded_as_such() -> None:
 @pytest.mark.slow
 def test_a_trained_checkpoint_records_its_weights_file_and_a_fine_tune_its_checkpoint(tmp_path: Path) -> None:
     """Offline: timm's tiny ``test_resnet`` from a local file; the run prints and records the file's name and
-    SHA-256; a run initialised from that checkpoint records the checkpoint instead."""
+    SHA-256, ``ctran evaluate`` shows it; a run initialised from that checkpoint records the checkpoint."""
     import timm
 
     weights = tmp_path / "tiny.pth"
@@ -62,6 +62,10 @@ def test_a_trained_checkpoint_records_its_weights_file_and_a_fine_tune_its_check
     for name in ("best.pt", "last.pt"):
         assert read_checkpoint(first / name)["pretrained_weights"] == recorded
     assert f"initial weights: file tiny.pth (sha256 {sha256[:12]})\n" in out.getvalue()
+    shown = io.StringIO()
+    with contextlib.redirect_stdout(shown):
+        assert main(["evaluate", "--checkpoint", str(first / "best.pt"), "--size", "16", "--quiet"]) == 0
+    assert f"initial weights: file tiny.pth (sha256 {sha256[:12]})\n" in shown.getvalue()
     second = tmp_path / "second"
     argv = ["train", "--config", "digits-tiny", "--out", str(second), "model.backbone=test_resnet.r160_in1k"]
     with contextlib.redirect_stdout(io.StringIO()):

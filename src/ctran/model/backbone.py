@@ -174,9 +174,7 @@ def pretrained_weights(name: str, pretrained: bool, weights_file: str | Path | N
     """
     if weights_file is not None:
         path = Path(weights_file)
-        with path.open("rb") as handle:
-            sha256 = hashlib.file_digest(handle, "sha256").hexdigest()
-        return {"source": "file", "backbone": name, "file": path.name, "sha256": sha256}
+        return {"source": "file", "backbone": name, "file": path.name, "sha256": file_sha256(path)}
     if not pretrained or name == "small_cnn":
         return {"source": "none"}
     from timm.models import get_pretrained_cfg, split_model_name_tag
@@ -190,6 +188,12 @@ def pretrained_weights(name: str, pretrained: bool, weights_file: str | Path | N
         "hf_hub_id": cfg.hf_hub_id,
         "url": cfg.url or None,
     }
+
+
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes (hex), read in chunks."""
+    with Path(path).open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def describe_weights(record: dict | None) -> str:

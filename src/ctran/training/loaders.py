@@ -45,8 +45,15 @@ def train_loader(
         collate_fn=collate_samples,
         persistent_workers=workers > 0,
         pin_memory=ctx.device.type == "cuda",
-        generator=torch.Generator().manual_seed(seed),  # the workers' seeds: never drawn from the global RNG
+        generator=_worker_seeds(seed, workers),
     )
+
+
+def _worker_seeds(seed: int, workers: int) -> torch.Generator | None:
+    """Where the loader draws its per-iterator seed: persistent workers draw it once, at the first epoch a
+    process runs, so from the global RNG it would shift every later draw (dropout) of a resumed run; in the
+    main process (no workers) it is drawn every epoch from the restored global RNG, as it always was."""
+    return torch.Generator().manual_seed(seed) if workers > 0 else None
 
 
 class EpochKeys(Sampler):
@@ -88,8 +95,8 @@ class SeededAugmentation(Dataset):
     def __getitem__(self, key: tuple[int, int]):
         epoch, index = key
         entropy = np.random.SeedSequence([self.seed, epoch, index], spawn_key=(1,))  # not the label masks'
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(entropy.generate_state(1, np.uint64)[0]))
+        with torch.random.fork_rng(devices=[]):  # the CPU generator only: CUDA's (dropout) is left alone
+            torch.default_generator.manual_seed(int(entropy.generate_state(1, np.uint64)[0]))
             return self.dataset[index]
 
 

@@ -117,9 +117,10 @@ def continue_schedule(
     config: TrainConfig,
     steps_per_epoch: int,
 ) -> None:
-    """After a resumed run loaded its schedule: a cosine planned over fewer steps than ``config`` now
-    asks for (``--resume DIR train.epochs=N``) continues from its current lr down to the floor at the new
-    end, instead of being rebuilt (which sent the lr from 1% back up to about a quarter of the peak)."""
+    """After a resumed run loaded its schedule: a cosine planned over another number of steps than
+    ``config`` now gives (``--resume DIR train.epochs=N``, or another process count) continues from its
+    current lr down to the floor at the new end, instead of being rebuilt (which sent a finished run's lr
+    from 1% back up to 41% of the peak when its epochs were doubled)."""
     lambdas = getattr(scheduler, "lr_lambdas", [])
     total = total_steps(config, steps_per_epoch)
     for schedule in dict.fromkeys(lambdas):  # one object shared by every parameter group

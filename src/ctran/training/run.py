@@ -22,7 +22,7 @@ from ctran.data.partial import PartialAnnotations
 from ctran.data.registry import build_dataset, load_splits
 from ctran.errors import CTranError
 from ctran.model import backbone_normalization, build_from_config
-from ctran.model.backbone import describe_weights, pretrained_weights
+from ctran.model.backbone import describe_weights, file_sha256, pretrained_weights
 from ctran.normalization import Normalization, as_normalization
 from ctran.report import write_json
 from ctran.training.distributed import DistContext, barrier, init_distributed, shutdown_distributed
@@ -104,8 +104,11 @@ def initial_weights(config: Config) -> dict:
     the backbone's pretrained weights (timm's resolved tag, or a local file's name and SHA-256)."""
     model = config.model
     if model.init_from is not None:
-        record = pretrained_weights(model.backbone, False, model.init_from)
-        return {"source": "init_from", "file": record["file"], "sha256": record["sha256"]}
+        return {
+            "source": "init_from",
+            "file": Path(model.init_from).name,
+            "sha256": file_sha256(model.init_from),
+        }
     return pretrained_weights(model.backbone, model.pretrained, model.backbone_weights)
 
 
