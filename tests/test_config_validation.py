@@ -51,6 +51,9 @@ def test_the_issues_bad_values_stop_ctran_train_at_once(tmp_path: Path, override
         ("data.std=[0.2,0.2,0]", "data.std[2] must be > 0, got 0.0"),
         ("train.lr=.nan", "train.lr must be > 0, got nan"),
         ("train.label_tokens=-1", "train.label_tokens must be >= 0, got -1"),
+        ("seed=-1", "seed must be in [0, 9223372036854775808), got -1"),
+        (f"seed={2**64}", f"seed must be in [0, 9223372036854775808), got {2**64}"),
+        ("train.epochs=-" + "9" * 400, "train.epochs must be > 0, got -" + "9" * 400),
         ("model.batchnorm=none", "model.batchnorm must be one of auto, frozen, live, sync, got 'none'"),
         ("model.dim=30", "model.dim (30) must be divisible by model.heads (4)"),
         (

@@ -38,7 +38,7 @@ class Range:
 
     def check(self, key: str, value: float) -> None:
         """Raise ``CTranError`` naming ``key`` when ``value`` is out of range (or not finite)."""
-        ok = math.isfinite(value)
+        ok = isinstance(value, int) or math.isfinite(value)  # (an int of 400 digits overflows a float)
         ok = ok and (self.gt is None or value > self.gt) and (self.ge is None or value >= self.ge)
         ok = ok and (self.lt is None or value < self.lt) and (self.le is None or value <= self.le)
         if not ok:
@@ -183,7 +183,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    seed: NonNegativeInt = 0
+    seed: Annotated[int, Range(ge=0, lt=2**63)] = 0  # torch.manual_seed takes 64 bits
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
