@@ -67,10 +67,12 @@ class OneOf:
 
 
 def _number(bound: float) -> str:
+    """A bound as a user writes it: ``0``, ``1``, ``0.5``."""
     return str(int(bound)) if float(bound).is_integer() else str(bound)
 
 
 def one_of(*options: str) -> OneOf:
+    """``Annotated[str, one_of("adam", "adamw")]``: the choices of a string field."""
     return OneOf(options)
 
 
@@ -190,7 +192,8 @@ class Config:
 
 
 def field_marks(cls: type | None = None, prefix: str = "") -> dict[str, tuple]:
-    """``{"train.schedule": (OneOf(...),), ...}``: every leaf field's marks, by dotted key."""
+    """``{"train.schedule": (OneOf(...),), ...}``: every leaf field's own marks, by dotted key (the marks of
+    list items and dict values sit in their item annotation: ``list[PositiveInt]``)."""
     marks = {}
     for name, hint in typing.get_type_hints(cls or Config, include_extras=True).items():
         if dataclasses.is_dataclass(hint):
