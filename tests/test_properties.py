@@ -28,7 +28,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ctran.cli.args import dataset_options
-from ctran.config import CHOICES, Config, load_config
+from ctran.config import CHOICES, Config, field_marks, load_config
 from ctran.data import coco, cub, nuswide, openimages, tabular, vg500, voc
 from ctran.errors import CTranError
 from ctran.inference.known import FALSE_WORDS, TRUE_WORDS, label_states, parse_spec
@@ -1214,6 +1214,16 @@ def config_value(config: Config, key: str) -> object:
     return value
 
 
+def in_range(key: str, value: object) -> bool:
+    """Whether ``value`` passes every mark (range, choices) of ``key``'s field."""
+    try:
+        for mark in field_marks().get(key, ()):
+            mark.check(key, value)
+    except CTranError:
+        return False
+    return True
+
+
 INT_KEYS, FLOAT_KEYS, BOOL_KEYS = typed_keys(int), typed_keys(float), typed_keys(bool)
 CONFIG_FIELDS = {
     f.name
@@ -1242,7 +1252,19 @@ TYPED_OVERRIDES = st.one_of(
 @SETTINGS
 @given(overrides=st.lists(TYPED_OVERRIDES, max_size=6, unique_by=lambda o: o[0]))
 def test_config_overrides_round_trip(overrides: list) -> None:
-    config = load_config(None, [f"{key}={text}" for key, (text, _) in overrides])
+    """Values in their field's range come back as given; one out of range fails, naming its key."""
+    items = [f"{key}={text}" for key, (text, _) in overrides]
+    bad = [key for key, (_, value) in overrides if not in_range(key, value)]
+    if bad:
+        with pytest.raises(CTranError) as refused:
+            load_config(None, items)
+        assert str(refused.value).startswith(tuple(f"{key} must be" for key in bad))
+        return
+    try:
+        config = load_config(None, items)
+    except CTranError as err:  # the joint checks: dim by heads, scale_size against image_size
+        assert str(err).startswith(("model.dim (", "data.scale_size ("))
+        return
     for key, (_, value) in overrides:
         got = config_value(config, key)
         assert got == value and type(got) is type(value), key

@@ -63,6 +63,14 @@ def _config(*overrides: str) -> Config:
     return load_config("digits-tiny", [*SMALL, *overrides])
 
 
+def _still(*overrides: str) -> Config:
+    """lr 0: the weights stay put, so a step's loss and gradient are measured, not minimised (set after
+    loading: a config's ``train.lr`` must be positive)."""
+    config = _config(*overrides)
+    config.train.lr = 0.0
+    return config
+
+
 @cache
 def _scenes(split: str, size: int) -> DigitScenesDataset:
     return load_digit_scenes(split, 0, size)
@@ -333,7 +341,7 @@ def test_adamw_decouples_weight_decay_and_adam_adds_it_to_the_gradient(name: str
 def test_trainer_minimises_the_configured_loss_on_the_scored_entries(loss: str) -> None:
     """lr 0, one batch: the logged loss and the step's gradient are those of ``asl_terms``/``bce_terms``."""
     gammas = ["train.asl_gamma_neg=2.0", "train.asl_gamma_pos=1.0", "train.asl_clip=0.1"]
-    trainer = _trainer(_config(f"train.loss={loss}", "train.lr=0", *gammas), n_train=8)
+    trainer = _trainer(_still(f"train.loss={loss}", *gammas), n_train=8)
     steps = _record_steps(trainer)
     result = trainer.fit()
     images, truth, indices = _batch(_scenes("train", 8))
@@ -370,7 +378,7 @@ def _training_states(trainer: Trainer) -> list[torch.Tensor]:
 
 def test_without_label_mask_all_states_are_unknown_and_every_target_is_scored() -> None:
     """``label_mask=false``: nothing is revealed and the loss is BCE averaged over all 8 x 16 targets."""
-    trainer = _trainer(_config("train.label_mask=false", "train.lr=0"), n_train=8)
+    trainer = _trainer(_still("train.label_mask=false"), n_train=8)
     seen = _training_states(trainer)
     result = trainer.fit()
     assert len(seen) == 1 and (seen[0] == UNKNOWN).all()
@@ -387,7 +395,7 @@ def test_with_label_mask_the_states_are_the_lmt_draw() -> None:
     seen = _training_states(trainer)
     trainer.fit()
     _, truth, indices = _batch(_scenes("train", 8))
-    order = torch.argsort(torch.tensor(list(iter(trainer.train_loader.sampler))))
+    order = torch.argsort(torch.tensor([index for _, index in trainer.train_loader.sampler]))
     expected = sample_training_states(truth, indices, seed=0, epoch=1)
     assert len(seen) == 1 and (seen[0] != UNKNOWN).any()
     assert torch.equal(seen[0][order], expected)
@@ -751,14 +759,14 @@ def test_validation_map_and_thresholds_are_those_of_the_trained_model(precision:
 def test_the_gradient_is_the_mean_over_annotated_entries_only() -> None:
     """With missing annotations (``data.keep_annotations``), the first step's gradient is that of BCE
     averaged over the annotated targets: unannotated entries neither add loss nor dilute the mean."""
-    config = _config("train.label_mask=false", "train.batch_size=8", "train.lr=0")
+    config = _still("train.label_mask=false", "train.batch_size=8")
     trainer = _trainer(config, n_train=8)
     train = PartialAnnotations(_scenes("train", 8), 0.5, seed=0)
     trainer.train_loader = train_loader(train, 8, 0, DistContext(), 0)
     reference = copy.deepcopy(trainer.model)
     steps = _record_steps(trainer)
     trainer.fit()
-    order = torch.tensor(list(iter(trainer.train_loader.sampler)))
+    order = torch.tensor([index for _, index in trainer.train_loader.sampler])  # (epoch, index) keys
     images, truth, _ = _batch(train)
     images, targets = images[order], truth[order, :NUM_TARGETS]
     annotated = targets != UNKNOWN
@@ -789,7 +797,7 @@ def test_a_batch_size_that_does_not_split_over_the_processes_is_refused() -> Non
 
 def test_extras_only_label_mask_can_reveal_every_extra_label_and_never_a_target() -> None:
     """``lmt_labels=extras`` (CUB-312): targets stay unknown; each extra, the first one too, gets revealed."""
-    trainer = _trainer(_config("train.lmt_labels=extras", "train.epochs=3", "train.lr=0"), n_train=16)
+    trainer = _trainer(_still("train.lmt_labels=extras", "train.epochs=3"), n_train=16)
     seen = _training_states(trainer)
     trainer.fit()
     states = torch.cat(seen)

@@ -156,6 +156,7 @@ def run(args: argparse.Namespace) -> int:
     from ctran.checkpoint import load_checkpoint
     from ctran.data.partial import in_label_order
     from ctran.devices import resolve_device
+    from ctran.model.backbone import describe_weights
     from ctran.report import metrics_table, settings_by_name, write_json
     from ctran.training.evaluation import evaluate
     from ctran.training.loaders import eval_loader
@@ -174,7 +175,8 @@ def run(args: argparse.Namespace) -> int:
     results = evaluate(model, loader, settings, seed, device, progress=show_progress(args.quiet))
     rows = settings_by_name(results)
     where = f"{args.checkpoint} on {args.data} {eval_split(args)}"
-    print(f"{where}; metrics in %, over the labels left unknown\n")
+    print(f"{where}; metrics in %, over the labels left unknown")
+    print(f"initial weights: {describe_weights(meta.get('pretrained_weights'))}\n")
     print(metrics_table(rows, counts=True))
     if args.json:
         first = settings[0]

@@ -21,7 +21,8 @@ def register(commands: argparse._SubParsersAction) -> None:
         "and, "
         "at the end, metrics.json (the best checkpoint evaluated on the test split). Override any config key "
         "with section.key=value anywhere on the line, e.g. train.lr=1e-4 model.backbone=tresnet_l. "
-        "--resume DIR continues a stopped run; with train.epochs=N it also extends a finished one. Under "
+        "--resume DIR continues a stopped run; with train.epochs=N it also extends a finished one (a cosine "
+        "schedule goes on from its current lr to its floor at the new end). Under "
         "torchrun, every process runs this same command; only rank 0 writes files.",
         epilog="examples:\n  ctran train --config configs/digits-tiny.yaml --out runs/tiny\n"
         "  ctran train --config configs/coco80.yaml --data-root /data/coco --out runs/coco\n"
@@ -59,9 +60,6 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ctran.report import write_json
-    from ctran.training.run import train_run
-
     flags = {
         "data.format": args.data,
         "data.root": args.data_root,
@@ -74,6 +72,9 @@ def run(args: argparse.Namespace) -> int:
         config, out = resumed_config(args.resume, args.config, overrides), args.resume
     else:
         config, out = new_run_config(args.out, args.config, overrides), args.out
+    from ctran.report import write_json  # after the config is checked: a bad value fails in milliseconds
+    from ctran.training.run import train_run
+
     metrics = train_run(config, out, resume=args.resume is not None, progress=show_progress(args.quiet))
     if args.json:
         write_json(args.json, metrics)
@@ -98,7 +99,8 @@ def resumed_config(run_dir: Path, config_file: str | None, overrides: list[str])
     """The saved config of the run in ``run_dir``, with the few overrides a resumed run may take.
 
     A folder whose run was stopped before its first checkpoint has nothing to resume from; a finished or
-    stopped run extends only by raising ``train.epochs`` (one-cycle schedules end at their planned step).
+    stopped run extends only by raising ``train.epochs`` (one-cycle schedules end at their planned step; a
+    cosine goes on from its current lr, see ``ctran.training.optim.continue_schedule``).
     """
     from ctran.config import load_config
     from ctran.training.run import load_run_config

@@ -13,6 +13,7 @@ pretrained configuration), so training and every inference path prepare images a
 from __future__ import annotations
 
 import difflib
+import hashlib
 from pathlib import Path
 
 import torch
@@ -161,6 +162,49 @@ def backbone_normalization(name: str) -> Normalization:
     if cfg is None or cfg.mean is None or cfg.std is None:
         return IMAGENET
     return Normalization(tuple(cfg.mean), tuple(cfg.std))
+
+
+def pretrained_weights(name: str, pretrained: bool, weights_file: str | Path | None = None) -> dict:
+    """Exactly which weights a backbone starts from, for checkpoints and logs.
+
+    timm resolves a bare name to its default tag, which is not always the weights a paper used:
+    ``resnet101`` loads ``resnet101.a1h_in1k`` (timm's own recipe), the paper's are ``resnet101.tv_in1k``.
+    Returns ``{"source": "timm", "tag", "hf_hub_id", "url"}``, ``{"source": "file", "backbone", "file",
+    "sha256"}`` for a local weights file, or ``{"source": "none"}`` when training from scratch.
+    """
+    if weights_file is not None:
+        path = Path(weights_file)
+        return {"source": "file", "backbone": name, "file": path.name, "sha256": file_sha256(path)}
+    if not pretrained or name == "small_cnn":
+        return {"source": "none"}
+    from timm.models import get_pretrained_cfg, split_model_name_tag
+
+    cfg = get_pretrained_cfg(name)
+    if cfg is None:
+        return {"source": "timm", "tag": name, "hf_hub_id": None, "url": None}
+    return {
+        "source": "timm",
+        "tag": f"{split_model_name_tag(name)[0]}.{cfg.tag}",
+        "hf_hub_id": cfg.hf_hub_id,
+        "url": cfg.url or None,
+    }
+
+
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes (hex), read in chunks."""
+    with Path(path).open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def describe_weights(record: dict | None) -> str:
+    """One line for a ``pretrained_weights`` record (``unrecorded`` for checkpoints older than it)."""
+    if not record:
+        return "unrecorded"
+    if record["source"] == "timm":
+        return f"{record['tag']} (timm{', ' + record['hf_hub_id'] if record.get('hf_hub_id') else ''})"
+    if record["source"] in ("file", "init_from"):
+        return f"{record['source'].replace('_', ' ')} {record['file']} (sha256 {record['sha256'][:12]})"
+    return "none (trained from scratch)"
 
 
 def build_backbone(

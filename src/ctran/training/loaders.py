@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
-from torch.utils.data import DataLoader, DistributedSampler
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from ctran.data.base import LabeledImages
 from ctran.data.images import collate_samples
@@ -30,18 +33,71 @@ def usable_workers(requested: int) -> int:
 def train_loader(
     dataset: LabeledImages, batch_size: int, seed: int, ctx: DistContext, workers: int
 ) -> DataLoader:
-    """Shuffled by (seed, epoch) through ``DistributedSampler`` (also in one process: the same order)."""
+    """Shuffled by (seed, epoch) through ``DistributedSampler`` (also in one process: the same order), each
+    image's random augmentation drawn from (seed, epoch, index): a resumed run sees the same crops."""
     sampler = DistributedSampler(dataset, ctx.world_size, ctx.rank, shuffle=True, seed=seed, drop_last=False)
     workers = usable_workers(workers)
     return DataLoader(
-        dataset,
+        SeededAugmentation(dataset, seed),
         batch_size=batch_size,
-        sampler=sampler,
+        sampler=EpochKeys(sampler),
         num_workers=workers,
         collate_fn=collate_samples,
         persistent_workers=workers > 0,
         pin_memory=ctx.device.type == "cuda",
+        generator=_worker_seeds(seed, workers),
     )
+
+
+def _worker_seeds(seed: int, workers: int) -> torch.Generator | None:
+    """Where the loader draws its per-iterator seed: persistent workers draw it once, at the first epoch a
+    process runs, so from the global RNG it would shift every later draw (dropout) of a resumed run; in the
+    main process (no workers) it is drawn every epoch from the restored global RNG, as it always was."""
+    return torch.Generator().manual_seed(seed) if workers > 0 else None
+
+
+class EpochKeys(Sampler):
+    """A sampler (of indices, or of batches of indices) whose every index comes as ``(epoch, index)``.
+
+    The key reaches ``SeededAugmentation`` in persistent workers, which a ``set_epoch`` on the main process's
+    copy of the dataset would not. ``set_epoch`` and the length are the wrapped sampler's.
+    """
+
+    def __init__(self, sampler: Sampler) -> None:
+        self.sampler = sampler
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self) -> Iterator:
+        epoch = self.sampler.epoch
+        for item in self.sampler:
+            yield [(epoch, index) for index in item] if isinstance(item, list) else (epoch, item)
+
+
+class SeededAugmentation(Dataset):
+    """``dataset[index]`` with the global torch RNG (what torchvision's random transforms draw from) seeded
+    by (seed, epoch, index) alone, and restored after.
+
+    Without it a worker's RNG runs on from its start, so a resumed run (whose workers start afresh) drew
+    other crops than a run that never stopped, and the crops also changed with the number of workers.
+    """
+
+    def __init__(self, dataset: LabeledImages, seed: int) -> None:
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]):
+        epoch, index = key
+        entropy = np.random.SeedSequence([self.seed, epoch, index], spawn_key=(1,))  # not the label masks'
+        with torch.random.fork_rng(devices=[]):  # the CPU generator only: CUDA's (dropout) is left alone
+            torch.default_generator.manual_seed(int(entropy.generate_state(1, np.uint64)[0]))
+            return self.dataset[index]
 
 
 def eval_loader(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -62,7 +61,7 @@ def build_scheduler(
 
     Plateau follows the paper (factor 0.1, patience 5) but watches validation mAP, the selection metric.
     """
-    total = max(1, config.epochs * steps_per_epoch)
+    total = total_steps(config, steps_per_epoch)
     if config.schedule == "plateau":
         plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode="max", factor=0.1, patience=config.plateau_patience
@@ -75,16 +74,55 @@ def build_scheduler(
         )
         return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lrs, total_steps=total, pct_start=pct), True
     warmup = int(config.warmup_epochs * steps_per_epoch)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(warmup, total)), True
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(warmup, total)), True
 
 
-def _warmup_cosine(warmup: int, total: int) -> Callable[[int], float]:
-    """Linear warm-up, then cosine decay to 1% of the peak."""
+def total_steps(config: TrainConfig, steps_per_epoch: int) -> int:
+    """Optimisation steps in the whole run (what a per-step schedule is planned over)."""
+    return max(1, config.epochs * steps_per_epoch)
 
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress))
 
-    return factor
+class WarmupCosine:
+    """Linear warm-up, then cosine decay of the lr factor to ``FLOOR`` (1% of the peak) at ``total``.
+
+    A callable object (not a closure) so ``LambdaLR.state_dict`` saves its attributes in ``last.pt``: a
+    resumed run gets back the schedule it was on. ``extend`` moves the end: the decay then starts again
+    from the factor at that step, ``start_factor`` at ``start_step`` (1.0 at the end of warm-up until then).
+    """
+
+    FLOOR = 0.01
+
+    def __init__(self, warmup: int, total: int) -> None:
+        self.warmup, self.total = warmup, total
+        self.start_step, self.start_factor = warmup, 1.0
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        progress = min(1.0, (step - self.start_step) / max(1, self.total - self.start_step))
+        return self.FLOOR + (self.start_factor - self.FLOOR) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    def extend(self, step: int, total: int) -> None:
+        """From ``step`` on, decay from the current factor to the floor at the new ``total`` (no jump).
+
+        During warm-up only the end moves: the decay has not started, so it starts from the peak as planned.
+        """
+        if step >= self.warmup:
+            self.start_step, self.start_factor = step, self(step)
+        self.total = total
+
+
+def continue_schedule(
+    scheduler: torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau,
+    config: TrainConfig,
+    steps_per_epoch: int,
+) -> None:
+    """After a resumed run loaded its schedule: a cosine planned over another number of steps than
+    ``config`` now gives (``--resume DIR train.epochs=N``, or another process count) continues from its
+    current lr down to the floor at the new end, instead of being rebuilt (which sent a finished run's lr
+    from 1% back up to 41% of the peak when its epochs were doubled)."""
+    lambdas = getattr(scheduler, "lr_lambdas", [])
+    total = total_steps(config, steps_per_epoch)
+    for schedule in dict.fromkeys(lambdas):  # one object shared by every parameter group
+        if isinstance(schedule, WarmupCosine) and schedule.total != total:
+            schedule.extend(scheduler.last_epoch, total)

@@ -22,6 +22,7 @@ from ctran.data.partial import PartialAnnotations
 from ctran.data.registry import build_dataset, load_splits
 from ctran.errors import CTranError
 from ctran.model import backbone_normalization, build_from_config
+from ctran.model.backbone import describe_weights, file_sha256, pretrained_weights
 from ctran.normalization import Normalization, as_normalization
 from ctran.report import write_json
 from ctran.training.distributed import DistContext, barrier, init_distributed, shutdown_distributed
@@ -92,16 +93,32 @@ def model_config(config: Config, num_labels: int) -> dict:
     options = dataclasses.asdict(config.model)
     kind = options.pop("kind")
     options.pop("init_from")
+    options.pop("batchnorm")  # how the trainer treats BatchNorm, not a build option (ModelConfig.batchnorm)
     if kind == "baseline":
         options = {key: options[key] for key in ("backbone", "pretrained", "backbone_weights")}
     return {"kind": kind, "num_labels": num_labels, **options}
 
 
+def initial_weights(config: Config) -> dict:
+    """Where the run's weights start, exactly: ``model.init_from``'s checkpoint (name and SHA-256), else
+    the backbone's pretrained weights (timm's resolved tag, or a local file's name and SHA-256)."""
+    model = config.model
+    if model.init_from is not None:
+        return {
+            "source": "init_from",
+            "file": Path(model.init_from).name,
+            "sha256": file_sha256(model.init_from),
+        }
+    return pretrained_weights(model.backbone, model.pretrained, model.backbone_weights)
+
+
 def checkpoint_meta(config: Config, dataset: LabeledImages, num_labels: int) -> dict:
-    """Everything a checkpoint needs besides weights: how to rebuild, name labels and prepare images."""
+    """Everything a checkpoint needs besides weights: how to rebuild, name labels and prepare images, and
+    which pretrained weights the run started from (``pretrained_weights``)."""
     model_options = model_config(config, num_labels)
     model_options.update(pretrained=False, backbone_weights=None)  # the checkpoint carries the weights
     return {
+        "pretrained_weights": initial_weights(config),
         "model_config": model_options,
         "target_names": list(dataset.target_names),
         "extra_names": list(dataset.extra_names),
@@ -151,6 +168,8 @@ def train_run(config: Config, out_dir: str | Path, resume: bool = False, progres
             if hasattr(dataset, "bad_image_log"):
                 dataset.bad_image_log = skip_log
         meta = checkpoint_meta(config, datasets["train"], num_labels)
+        if ctx.is_main:
+            print(f"initial weights: {describe_weights(meta['pretrained_weights'])}")
         trainer = Trainer(
             model, datasets["train"], datasets["val"], config, ctx, out_dir, meta, progress, desc="train"
         )

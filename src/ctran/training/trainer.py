@@ -51,7 +51,7 @@ from ctran.training.evaluation import EvalScores, Setting, collect_scores
 from ctran.training.label_mask import sample_training_states, scored_mask
 from ctran.training.loaders import eval_loader, train_loader
 from ctran.training.losses import asl_terms, bce_terms
-from ctran.training.optim import build_optimizer, build_scheduler, freeze_backbone
+from ctran.training.optim import build_optimizer, build_scheduler, continue_schedule, freeze_backbone
 from ctran.training.precision import autocast, resolve_precision
 
 
@@ -368,6 +368,7 @@ class Trainer:
         self.model.load_state_dict(payload["state_dict"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        continue_schedule(self.scheduler, self.cfg, math.ceil(len(self.train_loader) / self.cfg.grad_accum))
         self.scaler.load_state_dict(state["scaler"])
         if self.ema is not None and state["ema"] is not None:
             self.ema.module.load_state_dict(state["ema"])
