@@ -206,3 +206,20 @@ def test_evaluate_a_dataset_without_target_names(digits_checkpoint) -> None:
     assert "per_label" not in plain["regular"]
     assert list(named["regular"].pop("per_label")) == list(dataset.target_names)
     assert plain == named and plain["regular"]["n_images"] == 12
+
+
+def test_a_full_temporary_disk_is_a_one_line_error(digits_checkpoint, monkeypatch) -> None:
+    """Scores wait in temporary files: a disk without room says where and what to set, not a traceback."""
+    import errno
+
+    from ctran.errors import CTranError
+    from ctran.training import evaluation
+
+    def full(*args) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    model, _ = ctran.checkpoint.load_checkpoint(digits_checkpoint)
+    loader = eval_loader(ctran.data.load_digit_scenes("test", 0, 8), 8)
+    monkeypatch.setattr(evaluation.os, "pwrite", full)
+    with pytest.raises(CTranError, match="No space left on device; set TMPDIR"):
+        evaluate(model, loader, [Setting()])

@@ -28,6 +28,7 @@ from ctran.data.partial import PartialAnnotations
 from ctran.errors import CTranError
 from ctran.model import build_from_config
 from ctran.states import UNKNOWN
+from ctran.training import evaluation as evaluation_module
 from ctran.training import trainer as trainer_module
 from ctran.training.distributed import DistContext
 from ctran.training.label_mask import sample_training_states
@@ -120,7 +121,7 @@ def _record_steps(trainer: Trainer) -> list[dict]:
 def _script_val_map(monkeypatch: pytest.MonkeyPatch, values: Iterable[float]) -> None:
     """Validation mAPs in call order (per epoch: the raw model, then the EMA model when there is one)."""
     scripted = iter(values)
-    monkeypatch.setattr(trainer_module, "mean_average_precision", lambda *args, **kwargs: next(scripted))
+    monkeypatch.setattr(evaluation_module, "mean_ap_percent", lambda *args, **kwargs: next(scripted))
 
 
 def _batch(dataset: DigitScenesDataset) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -829,10 +830,10 @@ def test_a_step_whose_micro_batches_were_all_unreadable_is_skipped_without_an_up
 
 
 def _script_thresholds(monkeypatch: pytest.MonkeyPatch, *values: float) -> None:
-    """Validation thresholds in call order, each the same for all targets."""
+    """Validation thresholds in call order, each the same for all targets (the targets fit one block)."""
     scripted = iter(values)
     monkeypatch.setattr(
-        trainer_module,
+        evaluation_module,
         "calibrate_thresholds",
         lambda *args, **kwargs: torch.full((NUM_TARGETS,), next(scripted), dtype=torch.float64).numpy(),
     )

@@ -79,8 +79,8 @@ METRIC_KEYS: tuple[str, ...] = (
 
 ArrayLike = np.ndarray | torch.Tensor
 
-CHUNK_ENTRIES = 1 << 22
-"""Entries (images x labels) in one label chunk: each (N, chunk) float64 temporary stays near 32 MiB."""
+CHUNK_ENTRIES = 1 << 20
+"""Entries (images x labels) in one label chunk: each (N, chunk) float64 temporary stays near 8 MiB."""
 
 
 def label_chunks(num_images: int, num_labels: int, width: int | None = None) -> list[slice]:

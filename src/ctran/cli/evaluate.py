@@ -16,12 +16,12 @@ def register(commands: argparse._SubParsersAction) -> None:
         "evaluate",
         help="evaluate a checkpoint on a dataset: regular, partial and extra-label settings, in one pass",
         description="Evaluate a checkpoint in one or several settings; the backbone runs once per image for "
-        "all of them. --known P reveals a fraction P of the target labels per image (the same labels for "
-        "every run and model); a list (--known 0,0.25,0.5,0.75) scores each fraction. --extra reveals every "
-        "extra label in each of those settings (--extra both: each with and without). Settings are named "
-        "regular, partial_0.5, extra, partial_0.5+extra. Metrics are in percent, over the labels left "
-        "unknown; the table says how many images and labels each setting scored, and --json adds the AP "
-        "of every label.",
+        "all of them. --known P reveals a fraction P of each image's annotated target labels (the same "
+        "labels for every run and model); a list (--known 0,0.25,0.5,0.75) scores each fraction. --extra "
+        "reveals every extra label in each of those settings (--extra both: each with and without). "
+        "Settings are named regular, partial_0.5, extra, partial_0.5+extra. Metrics are in percent, over the "
+        "labels left unknown; the table says how many images and labels each setting scored ('not scored: "
+        "...' when nothing was left to score), and --json adds the AP of every label.",
         epilog="examples:\n"
         "  ctran evaluate --checkpoint runs/demo/ctran.pt --known 0,0.25,0.5,0.75 --extra both\n"
         "  ctran evaluate --checkpoint runs/voc/best.pt --data voc --data-root /data/VOCdevkit --known 0.5",
@@ -56,7 +56,8 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--known",
         default="0",
         metavar="P[,P...]",
-        help="fractions of target labels known, each in [0, 1), comma-separated (default: 0, regular)",
+        help="fractions of each image's annotated target labels known, each in [0, 1), comma-separated "
+        "(default: 0, regular)",
     )
     p.add_argument(
         "--extra",

@@ -68,18 +68,26 @@ def input_states(
 
 
 def _write_all(fd: int, values: np.ndarray, offset: int) -> None:
+    """Write an array's bytes at ``offset`` (``pwrite`` may write less than asked: loop)."""
     view = memoryview(np.ascontiguousarray(values)).cast("B")
-    while view:
-        written = os.pwrite(fd, view, offset)
-        view, offset = view[written:], offset + written
+    try:
+        while view:
+            written = os.pwrite(fd, view, offset)
+            view, offset = view[written:], offset + written
+    except OSError as err:
+        raise CTranError(
+            f"evaluation scratch file in {tempfile.gettempdir()}: {err.strerror}; set TMPDIR to a disk with "
+            "room for about 4 bytes per image, target label and setting"
+        ) from err
 
 
 def _read_all(fd: int, out: np.ndarray, offset: int) -> np.ndarray:
+    """Fill ``out`` with the bytes at ``offset`` (``preadv`` may read less than asked: loop)."""
     view = memoryview(out).cast("B")
     while view:
         got = os.preadv(fd, [view], offset)
         if got == 0:
-            raise OSError("an evaluation scratch file ended early (was the temporary disk full?)")
+            raise CTranError("an evaluation scratch file ended early (was it removed?)")
         view, offset = view[got:], offset + got
     return out
 
@@ -93,13 +101,8 @@ class LabelBlockFile:
     the file disappears with the object.
     """
 
-    def __init__(self, max_rows: int, num_labels: int, dtype: np.dtype, blocks: list[slice]) -> None:
-        self.max_rows, self.num_labels, self.dtype, self.blocks = (
-            max_rows,
-            num_labels,
-            np.dtype(dtype),
-            blocks,
-        )
+    def __init__(self, max_rows: int, dtype: np.dtype, blocks: list[slice]) -> None:
+        self.max_rows, self.dtype, self.blocks = max_rows, np.dtype(dtype), blocks
         self.rows = 0
         self._file = tempfile.TemporaryFile(prefix="ctran-eval-")  # noqa: SIM115 (lives as long as self)
 
@@ -142,12 +145,10 @@ class EvalScores(Mapping):
     ) -> None:
         self.settings, self.num_labels, self.blocks = list(settings), num_labels, blocks
         self._indices: list[np.ndarray] = []
-        self.truth = LabelBlockFile(max_rows, num_labels, np.int8, blocks)
-        self.probs = {s: LabelBlockFile(max_rows, num_labels, np.float32, blocks) for s in self.settings}
+        self.truth = LabelBlockFile(max_rows, np.int8, blocks)
+        self.probs = {s: LabelBlockFile(max_rows, np.float32, blocks) for s in self.settings}
         self.revealed = {
-            s: LabelBlockFile(max_rows, num_labels, np.bool_, blocks)
-            for s in self.settings
-            if s.known_fraction > 0
+            s: LabelBlockFile(max_rows, np.bool_, blocks) for s in self.settings if s.known_fraction > 0
         }
 
     @property
@@ -205,14 +206,16 @@ class EvalScores(Mapping):
             order = np.argsort(indices, kind="stable")
             merged = EvalScores(self.settings, len(indices), self.num_labels, self.blocks)
             merged._indices = [indices[order]]
-        files = [self.truth, *self.probs.values(), *self.revealed.values()]
         for block in self.blocks:
-            parts = gather_to_main(tuple(file.read(block) for file in files), ctx)
+            parts = gather_to_main(tuple(file.read(block) for file in self._files()), ctx)
             if merged is not None:
-                merged_files = [merged.truth, *merged.probs.values(), *merged.revealed.values()]
-                for file, column in zip(merged_files, zip(*parts, strict=True), strict=True):
+                for file, column in zip(merged._files(), zip(*parts, strict=True), strict=True):
                     file.write_block(block, np.concatenate(column)[order])
         return merged
+
+    def _files(self) -> list[LabelBlockFile]:
+        """Every file, in one fixed order (the order shards are sent and received in)."""
+        return [self.truth, *self.probs.values(), *self.revealed.values()]
 
     def __getitem__(self, setting: Setting) -> tuple[torch.Tensor, ...]:
         probs = np.concatenate([p for p, _, _ in self.blocks_of(setting)], axis=1)
