@@ -129,7 +129,7 @@ def test_cli_prints_a_summary_and_writes_a_training_config(tmp_path: Path, capsy
     assert Path(config.data.root) == out.resolve() and config.data.image_size == 32
     assert main(argv) == 2  # not empty any more
     assert "is not an empty folder" in capsys.readouterr().err
-    argv[2] = str(out / "labels.txt")  # a file
+    argv[3] = str(out / "labels.txt")  # a file
     assert main(argv) == 2 and "is not an empty folder" in capsys.readouterr().err
 
 
