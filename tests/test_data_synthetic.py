@@ -128,7 +128,9 @@ def test_cli_prints_a_summary_and_writes_a_training_config(tmp_path: Path, capsy
     assert config.data.format == "csv" and config.data.options == {"unlisted": "unknown"}
     assert Path(config.data.root) == out.resolve() and config.data.image_size == 32
     assert main(argv) == 2  # not empty any more
-    assert "is not empty" in capsys.readouterr().err
+    assert "is not an empty folder" in capsys.readouterr().err
+    argv[3] = str(out / "labels.txt")  # a file
+    assert main(argv) == 2 and "is not an empty folder" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

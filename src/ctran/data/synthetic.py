@@ -261,8 +261,8 @@ def write_synthetic(
     spec.check()
     sizes = split_sizes(num_images, val_images, test_images)
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise CTranError(f"{out} is not empty; pick a new folder for the synthetic dataset")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise CTranError(f"{out} is not an empty folder; pick a new folder for the synthetic dataset")
     out.mkdir(parents=True, exist_ok=True)
     model = label_model(spec)
     start = time.perf_counter()
