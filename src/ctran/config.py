@@ -90,6 +90,7 @@ class TrainConfig:
     lmt_labels: str = "all"  # all | extras: which labels LMT may reveal (CUB-312: extras; classes never)
     extra_loss: bool = False  # also train the extra labels' outputs where unknown (CUB-312 concepts)
     missing: str = "ignore"  # ignore | negative: not-annotated targets out of the loss, or taken as negatives
+    label_tokens: int = 0  # label tokens per training batch: loss/known ones + a sample up to N (0: all)
     grad_clip: float = 0.0  # max gradient norm (0: off)
     max_bad_steps: int = 10  # stop after this many consecutive steps with a non-finite loss or gradient
     ema_decay: float = 0.0  # 0: off; e.g. 0.9997 as in ASL/Query2Label
