@@ -142,10 +142,56 @@ def test_evaluation_states_never_reveal_unannotated():
     assert (states[truth == UNKNOWN] == UNKNOWN).all()
     assert torch.equal(states[known], truth[known])
     annotated = (truth != UNKNOWN).sum(1)
-    assert torch.equal(known.sum(1), annotated.clamp(max=8))
+    assert torch.equal(known.sum(1), (0.5 * annotated).long())  # half of what each image has
     # A row with nothing annotated gets nothing.
     empty = torch.full((1, 16), UNKNOWN)
     assert (evaluation_states(empty, [0], 0.5, seed=0) == UNKNOWN).all()
+
+
+def _sparse_truth(rows: int, labels: int = 300, annotated: int = 9, seed: int = 0) -> torch.Tensor:
+    """Open Images-like truth: each image annotates about ``annotated`` of ``labels``, the rest unknown."""
+    g = torch.Generator().manual_seed(seed)
+    truth = torch.full((rows, labels), UNKNOWN)
+    picked = torch.rand(rows, labels, generator=g) < annotated / labels
+    truth[picked] = (torch.rand(rows, labels, generator=g) < 0.3).long()[picked]
+    return truth
+
+
+@pytest.mark.parametrize("fraction", [0.25, 0.5, 0.75])
+def test_evaluation_states_reveal_a_fraction_of_each_images_annotations(fraction):
+    """On sparse annotations (about 9 of 300 labels per image) each image keeps labels to score: image i
+    reveals int(f * A_i) of its A_i annotated labels, and the rest of them are scored."""
+    truth = _sparse_truth(400)
+    states = evaluation_states(truth, torch.arange(400), fraction, seed=0)
+    annotated = (truth != UNKNOWN).sum(1)
+    known = states != UNKNOWN
+    assert torch.equal(known.sum(1), (fraction * annotated).long())
+    assert torch.equal(states[known], truth[known])
+    scored = scored_mask(truth, states)
+    assert torch.equal(scored.sum(1), annotated - (fraction * annotated).long())
+    assert int(scored.sum()) > 0.2 * int(annotated.sum())
+
+
+def _old_evaluation_states(truth: torch.Tensor, indices: torch.Tensor, fraction: float, seed: int):
+    """The known sets before sparse annotations were handled: int(fraction * L) per image."""
+    states = torch.full_like(truth, UNKNOWN)
+    count = int(fraction * truth.shape[1])
+    for row, index in enumerate(indices.tolist()):
+        annotated = torch.nonzero(truth[row] != UNKNOWN).flatten().numpy()
+        chosen = torch.as_tensor(np.random.default_rng([seed, index]).permutation(annotated)[:count])
+        states[row, chosen] = truth[row, chosen]
+    return states
+
+
+@pytest.mark.parametrize(("fraction", "labels"), [(0.25, 16), (0.5, 16), (0.75, 16), (0.3, 20), (0.5, 81)])
+def test_evaluation_states_unchanged_on_fully_annotated_data(fraction, labels):
+    """Every label annotated (A = L): the known sets are bit-identical to the old int(f * L) rule, so the
+    published digit-scenes numbers do not move."""
+    truth = _truth(60, labels, seed=4)
+    indices = torch.arange(1000, 1060)
+    assert torch.equal(
+        evaluation_states(truth, indices, fraction, seed=7), _old_evaluation_states(truth, indices, fraction, 7)
+    )
 
 
 def test_evaluation_states_depend_only_on_seed_and_index():

@@ -11,9 +11,12 @@ import torch
 from sklearn.metrics import average_precision_score, f1_score, precision_score, recall_score
 
 from ctran.metrics import (
+    CHUNK_ENTRIES,
     METRIC_KEYS,
+    LabelChunkMetrics,
     average_precision,
     calibrate_thresholds,
+    label_chunks,
     mean_average_precision,
     multilabel_metrics,
 )
@@ -361,3 +364,62 @@ def test_calibrated_cut_of_a_single_positive_label_is_its_best_f1_cut_in_float64
         best = max(f1s.values())
         assert cuts[label] == max(t for t, f in f1s.items() if f == best)  # highest cut reaching the best F1
     assert cuts[0] == np.float64(scores[7, 0]) != 0.5
+
+
+# ------------------------------------------------------------------------------------------ label chunks
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 5, 13])
+def test_metrics_in_label_chunks_equal_the_whole_matrix_and_sklearn(chunk: int) -> None:
+    """Chunked AP, threshold and top-k metrics and calibrated cuts are the unchunked ones (to the bit for
+    everything but the float sums), and AP is sklearn's: chunks change memory, never numbers."""
+    scores, targets = _random_problem(7, n=160, n_labels=13, decimals=1)
+    rng = np.random.default_rng(7)
+    targets = np.where(rng.random(targets.shape) < 0.2, -1, targets)
+    mask = rng.random(targets.shape) < 0.7
+    names = [f"l{i}" for i in range(13)]
+    whole = multilabel_metrics(scores, targets, mask, top_k=3, label_names=names, label_chunk=13)
+    chunked = multilabel_metrics(scores, targets, mask, top_k=3, label_names=names, label_chunk=chunk)
+    assert chunked.keys() == whole.keys()
+    for key, value in whole.items():
+        assert chunked[key] == (pytest.approx(value, abs=1e-12) if isinstance(value, float) else value), key
+    want = _sklearn_ap(scores, targets, mask & (targets != -1))
+    got = average_precision(scores, targets, mask, label_chunk=chunk).numpy()
+    np.testing.assert_allclose(got, want, atol=TOL, equal_nan=True)
+    top3 = _top_k_reference(scores, mask & (targets != -1), 3) & (scores >= 0.5) & mask & (targets != -1)
+    _assert_metrics_close(
+        chunked, {f"{k}_top3": v for k, v in _sklearn_prf(top3, (targets == 1) & mask).items()}
+    )
+    np.testing.assert_array_equal(
+        calibrate_thresholds(scores, targets, mask, label_chunk=chunk),
+        calibrate_thresholds(scores, targets, mask, label_chunk=13),
+    )
+
+
+def test_top_k_across_chunks_prefers_the_lower_label_on_ties() -> None:
+    """Tied scores in different chunks: the top k are the lowest labels, as in one sort over all labels."""
+    scores = np.full((2, 6), 0.8)
+    scores[1, 5] = 0.9  # image 1: label 5 first, then labels 0 and 1
+    targets = np.ones((2, 6), dtype=np.int64)
+    targets[1, 1] = 0
+    for chunk in (1, 2, 4, 6):
+        metrics = LabelChunkMetrics(2, 6, top_k=3)
+        for start in range(0, 6, chunk):
+            metrics.add(scores[:, start : start + chunk], targets[:, start : start + chunk])
+        assert metrics.top_labels.tolist() == [[0, 1, 2], [5, 0, 1]], chunk
+        assert metrics.result()["OP_top3"] == pytest.approx(100 * 5 / 6)
+
+
+def test_label_chunk_metrics_refuse_missing_or_surplus_labels() -> None:
+    metrics = LabelChunkMetrics(3, 4)
+    metrics.add(np.zeros((3, 3)), np.zeros((3, 3)))
+    with pytest.raises(ValueError, match="3 of 4 labels"):
+        metrics.result()
+    with pytest.raises(ValueError, match="does not fit"):
+        metrics.add(np.zeros((3, 2)), np.zeros((3, 2)))
+
+
+def test_chunks_follow_the_entry_budget() -> None:
+    assert label_chunks(40_000, 10_000)[0] == slice(0, CHUNK_ENTRIES // 40_000)
+    assert label_chunks(10, 16) == [slice(0, 16)] and label_chunks(0, 3) == [slice(0, 3)]
+    assert label_chunks(5, 7, width=3) == [slice(0, 3), slice(3, 6), slice(6, 7)]

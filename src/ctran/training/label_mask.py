@@ -49,18 +49,23 @@ def sample_training_states(
 def evaluation_states(
     truth: torch.Tensor, indices: torch.Tensor | list[int], fraction: float, seed: int
 ) -> torch.Tensor:
-    """Reveal ``int(fraction * L)`` annotated labels per image, chosen from (seed, image index) alone.
+    """Reveal ``int(fraction * A)`` of each image's A annotated labels, chosen from (seed, image index) alone.
 
     The choice does not depend on batch composition, model or run, so every model is scored on the same
-    known sets.
+    known sets. The count follows what the image has, not the L labels: on sparse annotations (Open Images,
+    ``unlisted=unknown``, ``data.keep_annotations``) a count over L would reveal every annotation and leave
+    nothing to score. On fully annotated data A = L, so the known sets are the ones ``int(fraction * L)``
+    always gave.
     """
     states = torch.full_like(truth, UNKNOWN)
-    count = int(fraction * truth.shape[1])
-    if count == 0:
+    if fraction <= 0:
         return states
     truth_cpu = truth.cpu()
     for row, index in enumerate(torch.as_tensor(indices).tolist()):
         annotated = torch.nonzero(truth_cpu[row] != UNKNOWN).flatten().numpy()
+        count = int(fraction * annotated.size)
+        if count == 0:
+            continue
         chosen = torch.as_tensor(np.random.default_rng([seed, index]).permutation(annotated)[:count])
         chosen = chosen.to(truth.device)
         states[row, chosen] = truth[row, chosen]
