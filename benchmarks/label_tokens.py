@@ -66,6 +66,7 @@ def parse_args(argv: list[str] | None = None):
     p.add_argument("--labels", type=int, default=500, help="synthetic labels (default 500)")
     p.add_argument("--epochs", type=int, default=5, help="epochs of each accuracy run (default 5)")
     p.add_argument("--budgets", default="0,128", help="train.label_tokens to compare (0: every token)")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds of the accuracy runs (default 0)")
     return p.parse_args(argv)
 
 
@@ -188,18 +189,20 @@ def accuracy_rows(args) -> list[dict]:
     if not (args.data / "ctran.yaml").is_file():
         write_synthetic(args.data, args.images, args.labels, val_images=150, test_images=400, workers=2)
     rows = []
-    for budget in (int(b) for b in args.budgets.split(",")):
-        out = args.runs / f"label_tokens_{budget}"
+    runs = [(int(seed), int(budget)) for seed in args.seeds.split(",") for budget in args.budgets.split(",")]
+    for seed, budget in runs:
+        out = args.runs / f"label_tokens_{budget}_seed{seed}"
         metrics_file = out / "metrics.json"
         if not metrics_file.is_file():
-            overrides = [f"train.label_tokens={budget}", f"train.epochs={args.epochs}", *ACCURACY_RECIPE]
-            config = load_config(str(args.data / "ctran.yaml"), overrides)
+            overrides = [f"train.label_tokens={budget}", f"train.epochs={args.epochs}", f"seed={seed}"]
+            config = load_config(str(args.data / "ctran.yaml"), [*overrides, *ACCURACY_RECIPE])
             train_run(config, out, progress=False)
         metrics = json.loads(metrics_file.read_text())
         settings = metrics["settings"]
         row = {
-            "name": "every token" if budget == 0 else f"label_tokens={budget}",
+            "name": ("every token" if budget == 0 else f"label_tokens={budget}") + f", seed {seed}",
             "label_tokens": budget,
+            "seed": seed,
             "mAP": round(metrics["mAP"], 2),
             "train_seconds": round(metrics["train_seconds"], 1),
         }
