@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +13,7 @@ import torch.nn.functional as F
 from scipy.stats import chisquare
 
 from ctran.states import UNKNOWN
-from ctran.training.label_mask import evaluation_states, sample_training_states, scored_mask
+from ctran.training.label_mask import evaluation_states, kept_labels, sample_training_states, scored_mask
 from ctran.training.losses import asl_terms, bce_terms
 
 
@@ -415,3 +417,94 @@ def test_asl_gradient_stays_finite_for_fractional_focusing_on_very_sure_outputs(
     loss, count = asl_terms(logits, torch.tensor([[truth]]), torch.tensor([[UNKNOWN]]), **options)
     loss.backward()
     assert count == 1 and torch.isfinite(loss) and torch.isfinite(logits.grad).all()
+
+
+# ------------------------------------------------------------------------------------ the draw's formula
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+@pytest.mark.parametrize(
+    ("rows", "labels", "unannotated", "fraction", "extras"),
+    [
+        (16, 80, 0.0, 0.75, 0),  # fully annotated (COCO)
+        (16, 2000, 0.995, 0.75, 0),  # sparse: about 10 of 2,000 annotated (Open Images)
+        (33, 50, 0.5, 0.3, 0),
+        (20, 40, 0.2, 1.0, 0),  # every annotation may be revealed: the count reaches A
+        (24, 30, 0.1, 0.75, 12),  # CUB-312: only the last 12 labels (concepts) may be revealed
+        (8, 6, 1.0, 0.75, 0),  # nothing annotated
+    ],
+)
+def test_training_states_equal_the_per_image_argsort_formula(rows, labels, unannotated, fraction, extras):
+    """The batched draw gives exactly the masks of the per-image formula it replaced (one generator per
+    (seed, epoch, index): the count, then a key per label, the smallest keys revealed, ties by index), so
+    trained models and the README's numbers do not move."""
+    sys.path.insert(0, str(BENCHMARKS))
+    from host_states import reference_training_states
+
+    truth = _truth(rows, labels, seed=rows, unannotated=unannotated)
+    revealable = torch.arange(labels) >= labels - extras if extras else None
+    for seed, epoch in ((0, 1), (5, 7)):
+        indices = torch.randperm(10_000, generator=torch.Generator().manual_seed(seed))[:rows]
+        ours = sample_training_states(truth, indices, seed, epoch, fraction, revealable)
+        assert torch.equal(ours, reference_training_states(truth, indices, seed, epoch, fraction, revealable))
+
+
+def test_training_states_break_ties_between_equal_keys_by_label_index(monkeypatch) -> None:
+    """Equal keys (all keys the same here) go to the lower label index, as the stable argsort did."""
+    sys.path.insert(0, str(BENCHMARKS))
+    from host_states import reference_training_states
+
+    class FlatRng:
+        def __init__(self, key: list[int]) -> None:
+            self.count = key[-1] % 4
+
+        def integers(self, low: int, high: int) -> int:
+            return min(self.count, high - 1)
+
+        def random(self, size: int) -> np.ndarray:
+            return np.full(size, 0.5)
+
+    monkeypatch.setattr(np.random, "default_rng", FlatRng)
+    truth = _truth(8, 12, unannotated=0.3)
+    ours = sample_training_states(truth, torch.arange(8), 0, 0)
+    assert torch.equal(ours, reference_training_states(truth, torch.arange(8), 0, 0))
+    assert (ours != UNKNOWN).sum() > 0
+
+
+# ------------------------------------------------------------------------------------- kept label tokens
+
+
+def _sparse_batch(rows: int = 6, labels: int = 200, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    truth = _truth(rows, labels, seed=seed, unannotated=0.97)
+    return truth, _sample(truth, seed=seed, epoch=2)
+
+
+def test_kept_labels_are_every_loss_or_known_token_plus_a_seeded_sample() -> None:
+    truth, states = _sparse_batch()
+    scored = 150  # the last 50 labels are extras without a loss
+    keep = kept_labels(truth, states, scored, 64, seed=3, epoch=2, indices=[4, 9, 1, 7, 2, 8])
+    assert keep.dtype == torch.long and torch.equal(keep, keep.unique())  # ascending, no repeats
+    loss = scored_mask(truth[:, :scored], states[:, :scored]).any(0).nonzero().flatten()
+    known = (states != UNKNOWN).any(0).nonzero().flatten()
+    needed = set(loss.tolist()) | set(known.tolist())
+    assert 0 < len(needed) < 64 and needed <= set(keep.tolist())
+    assert len(keep) == 64  # filled up to the budget with tokens that carry nothing
+    extras_annotated = (truth[:, scored:] != UNKNOWN).any(0) & ~(states[:, scored:] != UNKNOWN).any(0)
+    assert extras_annotated.any()  # an extra label annotated but not revealed carries no loss:
+    unneeded = set(keep.tolist()) - needed  # it is kept only by chance, like any other
+    assert len(unneeded) == 64 - len(needed)
+
+    again = kept_labels(truth, states, scored, 64, seed=3, epoch=2, indices=[4, 9, 1, 7, 2, 8])
+    assert torch.equal(keep, again)  # a resumed run keeps the same tokens
+    for seed, epoch, indices in ((4, 2, [4, 9, 1, 7, 2, 8]), (3, 3, [4, 9, 1, 7, 2, 8]), (3, 2, range(6))):
+        other = kept_labels(truth, states, scored, 64, seed=seed, epoch=epoch, indices=list(indices))
+        assert set(other.tolist()) >= needed and not torch.equal(other, keep)
+
+
+def test_kept_labels_never_drop_a_needed_token_and_cap_at_every_label() -> None:
+    truth, states = _sparse_batch()
+    needed = kept_labels(truth, states, 200, 0, seed=0, epoch=0, indices=range(6))
+    assert len(needed) == int(((truth != UNKNOWN) | (states != UNKNOWN)).any(0).sum())  # budget below
+    every = kept_labels(truth, states, 200, 10_000, seed=0, epoch=0, indices=range(6))
+    assert torch.equal(every, torch.arange(200))

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import ctran
 from ctran.errors import CTranError
@@ -827,3 +828,65 @@ def test_one_way_encode_computes_only_keys_and_values_in_the_last_layer() -> Non
     products = (LAYERS - 1) * full_layer + 2 * batch * tokens * DIM * 2 * DIM  # + last keys/values
     attention = (LAYERS - 1) * 4 * batch * tokens * tokens * DIM
     assert products <= counter.get_total_flops() <= products + attention
+
+
+# ---------------------------------------------------------------------------------------------- hot path
+
+
+class _HostReads(TorchDispatchMode):
+    """Records the ops that copy a tensor's value to the host (on a GPU: wait for the device)."""
+
+    READS = ("aten._local_scalar_dense", "aten.equal", "aten.is_nonzero", "aten.item")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if any(str(func).startswith(name) for name in self.READS):
+            self.reads.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("attention", ["full", "one_way"])
+def test_a_training_step_reads_no_value_back_from_the_device(attention):
+    """Training states are Label Mask Training's, valid by construction: the forward checks their shape
+    only, never their values (a min/max/round check waits for the GPU on every step)."""
+    model = _small(attention=attention).train()
+    images, states = _images(2), _states(2)
+    with _HostReads() as spy:
+        model(images, states).sum().backward()
+        model(images, states[:, [0, 2, 5]], label_index=torch.tensor([0, 2, 5])).sum().backward()
+    assert spy.reads == []
+    with pytest.raises(ValueError, match=r"shape \(B, 6\)"):
+        model(images, states[:, :5])
+    with pytest.raises(ValueError, match=r"shape \(B, 2\)"):
+        model(images, states[:, :3], label_index=torch.tensor([0, 2]))
+
+
+def test_decode_on_a_label_index_is_the_model_of_those_labels():
+    """``label_index`` runs those labels' embedding and readout rows, states and logits in its order: the
+    same logits as a model holding only those labels (and every label: the plain call)."""
+    model = _small().eval()
+    index = torch.tensor([1, 3, 4])
+    subset = ctran.build_model(3, backbone="small_cnn", layers=LAYERS, heads=HEADS, dim=DIM, pretrained=False)
+    subset.eval()
+    state = model.state_dict()
+    for name in CTran.label_parameters:
+        state[name] = state[name][index]
+    subset.load_state_dict(state)
+    images, states = _images(3), _states(3)
+    with torch.no_grad():
+        memory = model.encode(images)
+        ours = model.decode(memory, states[:, index], label_index=index)
+        torch.testing.assert_close(ours, subset.decode(memory, states[:, index]), rtol=0, atol=1e-6)
+        torch.testing.assert_close(model(images, states[:, index], label_index=index), ours)
+        attention = model(images, states[:, index], return_attention=True, label_index=index)
+        torch.testing.assert_close(attention.logits, ours, rtol=0, atol=1e-5)
+        every = model.decode(memory, states, label_index=torch.arange(NUM_LABELS))
+        torch.testing.assert_close(every, model.decode(memory, states), rtol=0, atol=0)
+        model.freeze_label_projections()
+        tabulated = model.decode(memory, states[:, index], label_index=index)
+        torch.testing.assert_close(tabulated, ours, rtol=0, atol=1e-5)
+        with pytest.raises(ValueError, match="-1 \\(unknown\\)"):
+            model.decode(memory, torch.full((3, 3), 2), label_index=index)

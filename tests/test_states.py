@@ -81,3 +81,10 @@ def test_unknown_states():
 def test_unknown_states_device_argument():
     assert unknown_states(2, 2, device="cpu").device.type == "cpu"
     assert unknown_states(0, 7).shape == (0, 7)
+
+
+def test_check_states_without_values_checks_the_shape_only():
+    """``values=False`` (training: states drawn by Label Mask Training) never reads the tensor."""
+    check_states(torch.tensor([[0, 1, -1, 7]]), 4, values=False)
+    with pytest.raises(ValueError, match=r"shape \(B, 4\)"):
+        check_states(torch.zeros(2, 3, dtype=torch.long), 4, values=False)

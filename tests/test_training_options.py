@@ -25,13 +25,14 @@ from ctran.cli import main
 from ctran.config import Config, load_config
 from ctran.data.digit_scenes import DigitScenesDataset, load_digit_scenes
 from ctran.data.partial import PartialAnnotations
+from ctran.data.synthetic import write_synthetic
 from ctran.errors import CTranError
-from ctran.model import build_from_config
+from ctran.model import CTran, build_from_config
 from ctran.states import UNKNOWN
 from ctran.training import evaluation as evaluation_module
 from ctran.training import trainer as trainer_module
 from ctran.training.distributed import DistContext
-from ctran.training.label_mask import sample_training_states
+from ctran.training.label_mask import sample_training_states, scored_mask
 from ctran.training.loaders import eval_loader, train_loader
 from ctran.training.losses import asl_terms, bce_terms
 from ctran.training.run import model_config, train_run
@@ -930,3 +931,62 @@ def test_fp16_training_scales_the_loss_and_resumes_with_its_scale(tmp_path: Path
     resumed = _trainer(_config("train.precision=fp16", "train.batch_size=4", "train.epochs=2"), 8, tmp_path)
     resumed.fit(resume=True)
     assert resumed.scaler.state_dict()["_growth_tracker"] == 4 and resumed.step == 4
+
+
+# ---------------------------------------------------------------- label tokens (train.label_tokens)
+
+
+def _sparse_batch(rows: int = 4) -> tuple:
+    """A digit-scenes batch whose targets are mostly not annotated (2 of 16 per image), extras unknown."""
+    images, truth, indices = _batch(_scenes("train", rows))
+    targets = torch.full_like(truth[:, :NUM_TARGETS], UNKNOWN)
+    for row in range(rows):
+        columns = [(3 * row) % NUM_TARGETS, (3 * row + 1) % NUM_TARGETS]
+        targets[row, columns] = truth[row, columns]
+    extras = torch.full_like(truth[:, NUM_TARGETS:], UNKNOWN)
+    return images, targets, extras, indices
+
+
+def test_label_tokens_keep_every_scored_entry_and_run_the_model_on_the_kept_tokens_only() -> None:
+    """With ``train.label_tokens=N`` a batch runs on the union of its loss/known tokens plus a sample up to
+    N: the same scored entries as with every token (nothing leaves the loss), the kept columns only."""
+    full = _trainer(_config("train.label_tokens=0", "train.max_known_fraction=1.0"))
+    subset = _trainer(_config("train.label_tokens=11", "train.max_known_fraction=1.0"))
+    subset.epoch = full.epoch = 1
+    batch = _sparse_batch()
+    _, truth, states, scored, options = full._prepare(batch)
+    _, kept_truth, kept_states, kept_scored, kept_options = subset._prepare(batch)
+    assert options == {} and scored == NUM_TARGETS
+    keep = kept_options["label_index"]
+    needed = ((truth[:, :scored] != UNKNOWN) | (states[:, :scored] != UNKNOWN)).any(0).nonzero().flatten()
+    assert len(needed) == 8 and set(needed.tolist()) < set(keep.tolist()) and len(keep) == 11
+    assert torch.equal(kept_truth, truth[:, keep]) and torch.equal(kept_states, states[:, keep])
+    assert kept_scored == int((keep < NUM_TARGETS).sum())
+    scored_full = scored_mask(truth[:, :scored], states[:, :scored])
+    scored_kept = scored_mask(kept_truth[:, :kept_scored], kept_states[:, :kept_scored])
+    assert int(scored_kept.sum()) == int(scored_full.sum()) > 0  # every loss entry is kept
+    assert torch.equal(scored_full[:, keep[:kept_scored]], scored_kept)
+
+
+def test_ctran_train_with_label_tokens_trains_on_the_subset_and_evaluates_on_every_label(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``ctran train ... train.label_tokens=N`` end to end on sparse many-label data: every training
+    forward sees the batch's loss/known tokens plus a sample (N in all here), every evaluation all L."""
+    data = tmp_path / "synth"
+    write_synthetic(data, 24, 300, val_images=8, test_images=8, image_size=16)
+    seen: list[tuple[bool, int]] = []
+    label_tokens = CTran.label_tokens
+
+    def spy(model: CTran, states: torch.Tensor, label_index: torch.Tensor | None = None) -> torch.Tensor:
+        seen.append((model.training, states.shape[1]))
+        return label_tokens(model, states, label_index)
+
+    monkeypatch.setattr(CTran, "label_tokens", spy)
+    config, out = str(data / "ctran.yaml"), str(tmp_path / "run")
+    overrides = [*SMALL, "train.batch_size=4", "train.label_tokens=100"]
+    assert main(["train", "--config", config, "--out", out, "--quiet", *overrides]) == 0
+    training = [width for is_training, width in seen if is_training]
+    evaluation = {width for is_training, width in seen if not is_training}
+    assert len(training) == 6 and evaluation == {300}
+    assert all(width == 100 for width in training)

@@ -17,6 +17,11 @@ holds depends on the attention pattern (``attention``), never on the caller:
 
 ``forward(..., return_attention=True)`` runs the whole [image ; label] sequence explicitly and returns every
 layer's attention weights (for explanations); its logits equal ``decode(encode(images), states)``.
+
+``decode``/``forward`` take an optional ``label_index`` (K,): run only those K label tokens (their
+embedding and readout rows), states (B, K) and logits (B, K) in that order. Training uses it to leave out
+the label tokens that carry neither a loss nor a known state (``train.label_tokens``); the other tokens
+are then absent from attention, so the logits differ from the full model's (evaluation always runs all).
 """
 
 from __future__ import annotations
@@ -98,24 +103,26 @@ class CTran(nn.Module):
         tokens = self.image_tokens(images)  # (B, T, D)
         return self.encoder.encode_images(self.norm(tokens)) if self.attention == "one_way" else tokens
 
-    def decode(self, memory: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
-        """``encode`` memory (B, T, M) + label states (B, L) in {-1, 0, 1} -> logits (B, L).
+    def decode(
+        self, memory: torch.Tensor, states: torch.Tensor, label_index: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``encode`` memory (B, T, M) + label states (B, L) in {-1, 0, 1} -> logits (B, L); with
+        ``label_index`` (K,), states (B, K) of those labels -> their logits (B, K).
 
         A memory of one image (1, T, M) serves any number of state rows: several hypotheses about it.
         """
-        labels = self.label_tokens(states).to(memory.dtype)  # (B, L, D)
-        first_qkv = None  # (B, L, 3D) the first layer's label projections, when tabulated
+        labels = self.label_tokens(states, label_index).to(memory.dtype)  # (B, K, D)
+        first_qkv = None  # (B, K, 3D) the first layer's label projections, when tabulated
         if self.label_qkv is not None and not self.training:
-            first_qkv = self.label_qkv[
-                state_index(states), torch.arange(self.num_labels, device=states.device)
-            ]
+            rows = torch.arange(self.num_labels, device=states.device) if label_index is None else label_index
+            first_qkv = self.label_qkv[state_index(states), rows]  # rows (K,)
         if self.attention == "one_way":
-            h = self.encoder.decode_labels(self.norm(labels), memory, first_qkv)  # (B, L, D)
+            h = self.encoder.decode_labels(self.norm(labels), memory, first_qkv)  # (B, K, D)
         else:
             tokens = memory.expand(labels.shape[0], -1, -1)  # (B, T, D)
-            x = self.norm(torch.cat([tokens, labels], dim=1))  # (B, T + L, D)
-            h, _ = self.encoder(x, keep=self.num_labels, first_qkv=first_qkv)  # (B, L, D)
-        return self.readout(h)  # (B, L)
+            x = self.norm(torch.cat([tokens, labels], dim=1))  # (B, T + K, D)
+            h, _ = self.encoder(x, keep=labels.shape[1], first_qkv=first_qkv)  # (B, K, D)
+        return self.readout(h, label_index)  # (B, K)
 
     def freeze_label_projections(self, dtype: torch.dtype = torch.float32) -> None:
         """Tabulate the first layer's Q/K/V of every label token, for inference with fixed weights.
@@ -132,18 +139,23 @@ class CTran(nn.Module):
             self.label_qkv = self.encoder.layers[0].qkv(self.norm(labels))  # (3, L, 3D)
 
     def forward(
-        self, images: torch.Tensor, states: torch.Tensor, return_attention: bool = False
+        self,
+        images: torch.Tensor,
+        states: torch.Tensor,
+        return_attention: bool = False,
+        label_index: torch.Tensor | None = None,
     ) -> torch.Tensor | Output:
-        """Normalised images (B, 3, H, W), states (B, L) -> logits (B, L) (``Output`` with attention)."""
+        """Normalised images (B, 3, H, W), states (B, L) -> logits (B, L) (``Output`` with attention);
+        with ``label_index`` (K,) the states and logits are those labels' (B, K) (see ``decode``)."""
         if not return_attention:
-            return self.decode(self.encode(images), states)
+            return self.decode(self.encode(images), states, label_index)
         tokens = self.image_tokens(images)  # (B, T, D)
-        labels = self.label_tokens(states).to(tokens.dtype)  # (B, L, D)
-        x = self.norm(torch.cat([tokens, labels], dim=1))  # (B, T + L, D)
-        one_way = self.attention == "one_way"
-        mask = one_way_mask(tokens.shape[1], self.num_labels, x.device) if one_way else None  # (N, N)
-        h, attentions = self.encoder(x, need_weights=True, keep=self.num_labels, mask=mask)  # (B, L, D)
-        return Output(self.readout(h), attentions)
+        labels = self.label_tokens(states, label_index).to(tokens.dtype)  # (B, K, D)
+        x = self.norm(torch.cat([tokens, labels], dim=1))  # (B, T + K, D)
+        count = labels.shape[1]
+        mask = one_way_mask(tokens.shape[1], count, x.device) if self.attention == "one_way" else None
+        h, attentions = self.encoder(x, need_weights=True, keep=count, mask=mask)  # (B, K, D)
+        return Output(self.readout(h, label_index), attentions)
 
     def image_tokens(self, images: torch.Tensor) -> torch.Tensor:
         """Images (B, 3, H, W) -> image tokens (B, h*w, D): backbone, projection, position."""
@@ -154,7 +166,14 @@ class CTran(nn.Module):
             tokens = tokens + self.position(h, w, tokens.device, tokens.dtype)
         return tokens
 
-    def label_tokens(self, states: torch.Tensor) -> torch.Tensor:
-        """Label states (B, L) in {-1, 0, 1} -> label tokens (B, L, D): label + state embedding."""
-        check_states(states, self.num_labels)
-        return self.label_embed.weight + self.state_embed(state_index(states))
+    def label_tokens(self, states: torch.Tensor, label_index: torch.Tensor | None = None) -> torch.Tensor:
+        """Label states (B, K) in {-1, 0, 1} -> label tokens (B, K, D): label + state embedding, of every
+        label (K = L) or of ``label_index`` (K,).
+
+        In training the states come from Label Mask Training, valid by construction, and only their shape
+        is checked: checking values would wait for the GPU on every step. Every other call checks them.
+        """
+        count = self.num_labels if label_index is None else len(label_index)
+        check_states(states, count, values=not self.training)
+        embed = self.label_embed.weight if label_index is None else self.label_embed.weight[label_index]
+        return embed + self.state_embed(state_index(states))  # (B, K, D)

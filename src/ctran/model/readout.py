@@ -24,6 +24,9 @@ class PerLabelLinear(nn.Module):
         nn.init.uniform_(self.weight, -bound, bound)
         nn.init.uniform_(self.bias, -bound, bound)
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        """h: (B, L, D) -> logits (B, L)."""
-        return torch.einsum("bld,ld->bl", h, self.weight.to(h.dtype)) + self.bias.to(h.dtype)
+    def forward(self, h: torch.Tensor, label_index: torch.Tensor | None = None) -> torch.Tensor:
+        """h: (B, L, D) -> logits (B, L); with ``label_index`` (K,), h (B, K, D) of those labels -> (B, K)."""
+        weight, bias = self.weight, self.bias  # (L, D), (L,)
+        if label_index is not None:
+            weight, bias = weight[label_index], bias[label_index]  # (K, D), (K,)
+        return torch.einsum("bld,ld->bl", h, weight.to(h.dtype)) + bias.to(h.dtype)

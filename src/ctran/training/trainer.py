@@ -48,7 +48,7 @@ from ctran.training.distributed import (
     gather_objects,
 )
 from ctran.training.evaluation import EvalScores, Setting, collect_scores
-from ctran.training.label_mask import sample_training_states, scored_mask
+from ctran.training.label_mask import kept_labels, sample_training_states, scored_mask
 from ctran.training.loaders import eval_loader, train_loader
 from ctran.training.losses import asl_terms, bce_terms
 from ctran.training.optim import build_optimizer, build_scheduler, continue_schedule, freeze_backbone
@@ -196,21 +196,34 @@ class Trainer:
         }
 
     def _prepare(self, batch: tuple) -> tuple:
-        """(images, truth (B, T + E), input states (B, T + E), scored outputs S) of a micro-batch."""
+        """(images, truth (B, K), input states (B, K), scored outputs S, model options) of a micro-batch.
+
+        K = T + E labels, or the kept label tokens with ``train.label_tokens`` (``kept_labels``; the model
+        options then carry their ``label_index``, and the first S of them are the scored outputs). States
+        and the token set are drawn on the host before the batch moves to the device: no device sync.
+        """
         images, targets, extras, indices = batch
         if self.cfg.missing == "negative":
             targets = torch.where(targets == UNKNOWN, NEGATIVE, targets)
-        truth = torch.cat([targets, extras], dim=1).to(self.ctx.device)  # (B, T + E)
-        states = self._training_states(truth, targets.shape[1], indices)
+        truth = torch.cat([targets, extras], dim=1)  # (B, T + E), on the host
+        states = self._training_states(truth, targets.shape[1], indices)  # (B, T + E)
         scored = targets.shape[1] + (extras.shape[1] if self.cfg.extra_loss else 0)
         scored = min(scored, getattr(self.model, "num_labels", scored))  # the baseline: target outputs only
-        return images, truth, states, scored
+        options = {}
+        if self.cfg.label_tokens and getattr(self.model, "takes_states", True):
+            keep = kept_labels(
+                truth, states, scored, self.cfg.label_tokens, self.config.seed, self.epoch, indices
+            )  # (K,) ascending: the scored labels come first
+            truth, states, scored = truth[:, keep], states[:, keep], int((keep < scored).sum())
+            options["label_index"] = keep.to(self.ctx.device)
+        device = self.ctx.device
+        return images, truth.to(device), states.to(device), scored, options
 
     def _accumulate(self, window: list[tuple]) -> torch.Tensor:
         """Backward over one step's micro-batches, the loss normalised by the scored count of all of them
         on every process, so N micro-batches of B train exactly like one batch of N*B whatever LMT revealed
         in each. Returns this process's finite (loss sum, scored count) for the epoch's mean."""
-        counts = [scored_mask(t[:, :s], x[:, :s]).sum() for _, t, x, s in window]
+        counts = [scored_mask(t[:, :s], x[:, :s]).sum() for _, t, x, s, _ in window]
         local = torch.stack(counts).sum() if counts else torch.zeros((), device=self.ctx.device)
         global_count = all_reduce_sum(local.float(), self.ctx).clamp(min=1)
         total = torch.zeros(2)
@@ -224,12 +237,13 @@ class Trainer:
         self, prepared: tuple, global_count: torch.Tensor, sync: bool
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One micro-batch's forward and backward; returns its loss sum and scored count."""
-        images, truth, states, scored = prepared
+        images, truth, states, scored, options = prepared
         device = self.ctx.device
         context = self.net.no_sync() if self.ctx.enabled and not sync else contextlib.nullcontext()
         with context:
             with autocast(device, self.precision):
-                logits = self.net(images.to(device, non_blocking=True), states)[:, :scored]  # (B, S)
+                pixels = images.to(device, non_blocking=True)
+                logits = self.net(pixels, states, **options)[:, :scored]  # (B, S)
             loss_sum, n_scored = self._loss_terms(logits.float(), truth[:, :scored], states[:, :scored])
             loss = loss_sum * self.ctx.world_size / global_count  # DDP averages gradients over processes
             self.scaler.scale(loss).backward()
