@@ -39,6 +39,7 @@ class ModelConfig:
     dropout: float = 0.1
     position_encoding: bool = False
     attention: str = "full"  # full (the paper's) | one_way: image tokens never attend to label tokens
+    batchnorm: str = "auto"  # frozen | live | sync | auto: frozen for a pretrained backbone, else live
 
 
 @dataclass
@@ -123,6 +124,7 @@ class Config:
 
 CHOICES = {
     "model.attention": ("full", "one_way"),
+    "model.batchnorm": ("auto", "frozen", "live", "sync"),
     "data.on_bad_image": ("skip", "fail"),
     "train.optimizer": ("adam", "adamw"),
     "train.freeze_backbone": ("none", "all", "all_but_last"),
