@@ -804,7 +804,7 @@ def test_a_step_whose_micro_batches_were_all_unreadable_is_skipped_without_an_up
     loader = trainer.train_loader
 
     class OneUnreadableBatch:
-        sampler = loader.sampler
+        batch_sampler = loader.batch_sampler
 
         def __len__(self) -> int:
             return len(loader) + 1
