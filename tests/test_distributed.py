@@ -132,7 +132,7 @@ def test_two_processes_with_batch_b_train_like_one_with_batch_2b(tmp_path: Path)
     """
     weights = _random_weights_file(tmp_path / "test_resnet.pth")
     common = ["train", "--config", "digits-tiny", "--quiet", "--backbone-weights", str(weights)]
-    common += ["model.backbone=test_resnet", "data.sizes={train: 101, val: 32, test: 37}", "train.epochs=2"]
+    common += ["model.backbone=test_resnet", "data.sizes={train: 57, val: 32, test: 37}", "train.epochs=2"]
     common += ["model.dropout=0.0", "train.precision=fp32", "train.lr=1e-4"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     single = subprocess.run(
@@ -160,7 +160,7 @@ def test_two_processes_with_batch_b_train_like_one_with_batch_2b(tmp_path: Path)
     start = torch.load(weights, weights_only=True)
     convolutions = [key for key, value in start.items() if value.dim() == 4]
     moved = max(float((weights_two[f"backbone.body.{key}"] - start[key]).abs().max()) for key in convolutions)
-    assert moved > 4e-4  # the backbone's weights were trained (14 Adam steps of lr 1e-4), not frozen
+    assert moved > 3e-4  # the backbone's weights were trained (8 Adam steps of lr 1e-4), not frozen
     for key, value in weights_one.items():
         torch.testing.assert_close(weights_two[key], value, rtol=0, atol=5e-5, msg=key)
     for row_one, row_two in zip(_history(tmp_path / "one"), _history(tmp_path / "two"), strict=True):
