@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 from torch import nn
 
@@ -143,3 +144,24 @@ def test_the_run_states_its_batch_and_warns_about_tiny_live_batches(overrides, w
     assert f"batch: {per_process} images per process x 2 process(es) x 2 accumulated" in out
     assert f"= {per_process * 4} per step; backbone BatchNorm: {config.model.batchnorm}" in out
     assert ("fewer than 8" in err) == warned
+
+
+def test_resuming_a_run_from_before_the_option_keeps_its_live_batchnorm(tmp_path: Path) -> None:
+    """A run folder whose config.yaml predates ``model.batchnorm`` trained live BatchNorm: resume goes on
+    so (``auto`` would freeze a pretrained backbone, and its optimiser state would no longer fit)."""
+    from test_distributed import _random_weights_file
+
+    run = tmp_path / "run"
+    weights = _random_weights_file(tmp_path / "w.pth")
+    args = ["train", "--config", "digits-tiny", "--out", str(run), "--quiet", "--backbone-weights"]
+    args += [str(weights), "model.backbone=test_resnet", "data.sizes={train: 16, val: 8, test: 8}"]
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main([*args, "train.epochs=1", "train.schedule=plateau", "model.batchnorm=live"]) == 0
+        saved = yaml.safe_load((run / "config.yaml").read_text())
+        del saved["model"]["batchnorm"]
+        (run / "config.yaml").write_text(yaml.safe_dump(saved))
+        assert main(["train", "--resume", str(run), "--quiet", "train.epochs=2"]) == 0
+    assert yaml.safe_load((run / "config.yaml").read_text())["model"]["batchnorm"] == "live"
+    state = torch.load(run / "last.pt", weights_only=True)
+    assert any(key.endswith("num_batches_tracked") for key in state["state_dict"])
+    assert [row["epoch"] for row in state["training_state"]["history"]] == [1, 2]

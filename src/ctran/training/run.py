@@ -138,6 +138,8 @@ def train_run(config: Config, out_dir: str | Path, resume: bool = False, progres
     config = copy.deepcopy(config)
     options = config.model  # the run's config and checkpoints record the mode "auto" resolved to
     options.batchnorm = resolve_batchnorm(options.batchnorm, options.pretrained, options.backbone_weights)
+    if resume and "batchnorm" not in _saved_model_keys(out_dir):
+        options.batchnorm = "live"  # a run started before model.batchnorm existed trains on as it began
     ctx = init_distributed(config.train.device)
     try:
         if ctx.is_main:
@@ -223,6 +225,14 @@ def summarize_skipped(log: Path, summary: Path) -> int:
     entries = [{"path": path, "reason": reason} for path, reason in sorted(unique.items())]
     write_json(summary, {"count": len(entries), "images": entries})
     return len(entries)
+
+
+def _saved_model_keys(out_dir: Path) -> set[str]:
+    """The ``model`` keys a run folder's config.yaml names (none when there is no file to read)."""
+    import yaml
+
+    path = out_dir / "config.yaml"
+    return set((yaml.safe_load(path.read_text()) or {}).get("model", {})) if path.is_file() else set()
 
 
 def load_run_config(out_dir: str | Path) -> Config:
