@@ -30,15 +30,17 @@ def test_check_writes_the_contract_json(tmp_path: Path, capsys: pytest.CaptureFi
     ]
     assert main(argv) == 0
     report = json.loads(out.read_text())
-    assert report["split"] == "trainval" and report["images"] == 3 and report["labels"] == 20
-    assert report["label_counts"]["chair"] == 1 and report["label_counts"]["person"] == 1
-    assert sum(report["label_counts"].values()) == 4 and report["labels_never_positive"][0] == "aeroplane"
+    # the missing image (000005: a chair, a difficult dining table) is left out: counts cover the other two
+    assert report["split"] == "trainval" and report["images"] == 2 and report["labels"] == 20
+    assert report["label_counts"]["chair"] == 0 and report["label_counts"]["person"] == 1
+    assert sum(report["label_counts"].values()) == 3 and report["labels_never_positive"][0] == "aeroplane"
     assert report["missing_files"] == [str(base / "JPEGImages" / "000005.jpg")]
     assert report["unreadable_files"] == [str(base / "JPEGImages" / "000009.jpg")]
-    assert report["labels_per_image"] == {"mean": 4 / 3, "median": 1.0, "min": 1, "max": 2}
-    assert report["not_annotated_entries"] == 1 and "difficult objects: ignore" in report["notes"]
+    assert report["labels_per_image"] == {"mean": 1.5, "median": 1.5, "min": 1, "max": 2}
+    assert report["not_annotated_entries"] == 0 and "difficult objects: ignore" in report["notes"]
+    assert "1 of 3 listed images are missing on disk and were skipped" in report["notes"]
     table = capsys.readouterr().out
-    assert "| images | 3 |" in table and "| unreadable image files | 1 |" in table
+    assert "| images | 2 |" in table and "| missing image files | 1 |" in table
     assert main([*argv, "--strict"]) == 1
     assert main([*argv, "--no-decode", "--split", "test", "--option", "difficult=positive"]) == 0
     assert json.loads(out.read_text())["label_counts"]["car"] == 1

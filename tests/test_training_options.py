@@ -396,7 +396,7 @@ def test_with_label_mask_the_states_are_the_lmt_draw() -> None:
     seen = _training_states(trainer)
     trainer.fit()
     _, truth, indices = _batch(_scenes("train", 8))
-    order = torch.argsort(torch.tensor([index for _, index in trainer.train_loader.sampler]))
+    order = torch.argsort(torch.tensor([i for batch in trainer.train_loader.batch_sampler for _, i in batch]))
     expected = sample_training_states(truth, indices, seed=0, epoch=1)
     assert len(seen) == 1 and (seen[0] != UNKNOWN).any()
     assert torch.equal(seen[0][order], expected)
@@ -767,7 +767,9 @@ def test_the_gradient_is_the_mean_over_annotated_entries_only() -> None:
     reference = copy.deepcopy(trainer.model)
     steps = _record_steps(trainer)
     trainer.fit()
-    order = torch.tensor([index for _, index in trainer.train_loader.sampler])  # (epoch, index) keys
+    order = torch.tensor(
+        [i for batch in trainer.train_loader.batch_sampler for _, i in batch]
+    )  # (epoch, index) keys
     images, truth, _ = _batch(train)
     images, targets = images[order], truth[order, :NUM_TARGETS]
     annotated = targets != UNKNOWN
@@ -787,13 +789,6 @@ def test_deterministic_training_turns_on_torchs_deterministic_algorithms_with_wa
         assert torch.is_deterministic_algorithms_warn_only_enabled()
     finally:
         torch.use_deterministic_algorithms(False)
-
-
-def test_a_batch_size_that_does_not_split_over_the_processes_is_refused() -> None:
-    """Each process must get the same share of ``train.batch_size``."""
-    with pytest.raises(CTranError) as error:
-        _trainer(_config("train.batch_size=8"), n_train=8, ctx=DistContext(world_size=3))
-    assert str(error.value) == "train.batch_size 8 must divide by the 3 processes"
 
 
 def test_extras_only_label_mask_can_reveal_every_extra_label_and_never_a_target() -> None:
@@ -821,7 +816,7 @@ def test_a_step_whose_micro_batches_were_all_unreadable_is_skipped_without_an_up
     loader = trainer.train_loader
 
     class OneUnreadableBatch:
-        sampler = loader.sampler
+        batch_sampler = loader.batch_sampler
 
         def __len__(self) -> int:
             return len(loader) + 1

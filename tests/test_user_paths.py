@@ -75,7 +75,9 @@ def test_train_with_local_weights_and_frozen_backbone_keeps_the_file_weights(tmp
     assert result.returncode == 0, result.stderr
     payload = read_checkpoint(out / "best.pt")
     backbone = [(k, v) for k, v in payload["state_dict"].items() if k.startswith("backbone.body.")]
-    source = list(torch.load(weights, map_location="cpu", weights_only=True).values())
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    source = [value for key, value in state.items() if not key.endswith("num_batches_tracked")]
+    assert payload["model_config"]["batchnorm"] == "frozen"  # pretrained: FrozenBatchNorm2d, no counters
     assert len(backbone) == len(source) - 2  # all but the classifier
     for (name, trained), original in zip(backbone, source, strict=False):
         assert torch.equal(trained, original), name

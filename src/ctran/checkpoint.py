@@ -123,6 +123,15 @@ class LabelTransfer:
         return "\n".join(lines)
 
 
+def _same_batchnorm_keys(source: dict, own: dict) -> dict:
+    """``source`` with BatchNorm's ``num_batches_tracked`` counters as ``own`` has them: live and frozen
+    BatchNorm (``model.batchnorm``) hold the same statistics, frozen without the counter."""
+    counter = "num_batches_tracked"
+    kept = {key: value for key, value in source.items() if key in own or not key.endswith(counter)}
+    added = {key: value for key, value in own.items() if key.endswith(counter) and key not in source}
+    return {**kept, **added}
+
+
 def init_from_checkpoint(model: torch.nn.Module, path: str | Path, label_names: list[str]) -> LabelTransfer:
     """Load a checkpoint's weights into ``model`` for fine-tuning, matching label rows by name.
 
@@ -135,7 +144,8 @@ def init_from_checkpoint(model: torch.nn.Module, path: str | Path, label_names: 
     own_kind = "baseline" if not getattr(model, "takes_states", True) else "ctran"
     if kind != own_kind:
         raise CTranError(f"--init-from {path} holds a {kind} model; this run trains a {own_kind}")
-    source, own = payload["state_dict"], model.state_dict()
+    own = model.state_dict()
+    source = _same_batchnorm_keys(payload["state_dict"], own)
     per_label = tuple(getattr(model, "label_parameters", ()))
     rows = source[per_label[0]].shape[0] if per_label else 0
     source_names = (list(payload["target_names"]) + list(payload.get("extra_names", [])))[:rows]

@@ -8,7 +8,9 @@ rows over ~10,000 classes, where an absent entry means "not annotated"). Values 
 
 Bad images: with ``on_bad_image="skip"`` an unreadable file makes ``__getitem__`` return ``None`` (recorded in
 ``bad_images`` and warned about) and ``collate_samples`` drops it from the batch; with ``"fail"`` it raises a
-``CTranError`` naming the file. Missing files are found once, at construction, by listing each image folder.
+``CTranError`` naming the file. Missing files are found once, at construction, by listing each image folder,
+and left out of the dataset there (``missing_files`` lists them; ``"fail"`` makes them an error): a file that
+was never there never costs a batch its place, nor leaves a process of a multi-GPU run without images.
 """
 
 from __future__ import annotations
@@ -227,7 +229,7 @@ class ImageFileDataset(LabeledImages):
         self.bad_image_log: Path | None = None  # set by a training run to list skips in its folder
         self.dropped_files: list[str] = []
         self._check_shapes()
-        self._missing = self._handle_missing(drop_missing)
+        self._drop_missing(warn=not drop_missing)
 
     def _check_shapes(self) -> None:
         """Catch reader bugs early: every table has one row per file and one column per name."""
@@ -238,35 +240,32 @@ class ImageFileDataset(LabeledImages):
                     f"a ({len(table)}, {table.num_labels}) label table for {n} files and {len(names)} names"
                 )
 
-    def _handle_missing(self, drop: bool) -> np.ndarray:
-        """Find missing files; drop them (NUS-WIDE), fail (policy "fail"), or keep them to be skipped.
-
-        Returns the positions of the missing files that stay in the dataset.
-        """
+    def _drop_missing(self, warn: bool) -> None:
+        """Leave out the listed files that are not on disk, or fail (policy "fail", unless ``warn`` is off:
+        NUS-WIDE, whose listings name images the publisher never shipped, drops them quietly)."""
         if not self.image_dir.is_dir():
             raise CTranError(f"image folder {self.image_dir} does not exist")
         names = np.char.add(self.files, self.suffix) if self.suffix else self.files
         missing = find_missing(self.image_dir, names) if len(names) else np.zeros(0, dtype=np.int64)
         if not len(missing):
-            return missing
+            return
         example = self.image_dir / names[missing[0]]
         count = f"{len(missing)} of {len(names)} listed images"
-        if drop:
-            self.dropped_files = [str(self.image_dir / names[i]) for i in missing]
-            self._select(np.setdiff1d(np.arange(len(self.files)), missing))
-            self.notes.append(f"{count} are missing on disk and were skipped")
-            return np.zeros(0, dtype=np.int64)
-        if self.on_bad_image == "fail":
+        if warn and self.on_bad_image == "fail":
             raise CTranError(
                 f"{count} are missing on disk, e.g. {example} (use on_bad_image='skip' to go on without them)"
             )
-        warnings.warn(f"{count} are missing on disk, e.g. {example}; they will be skipped", stacklevel=3)
-        return missing
+        self.dropped_files = [str(self.image_dir / names[i]) for i in missing]
+        self._select(np.setdiff1d(np.arange(len(self.files)), missing))
+        self.notes.append(f"{count} are missing on disk and were skipped")
+        if warn:
+            warnings.warn(f"{count} are missing on disk, e.g. {example}; they are left out", stacklevel=3)
 
     @property
     def missing_files(self) -> list[str]:
-        """Paths listed by the annotations but absent on disk (also those dropped at construction)."""
-        return self.dropped_files + [str(self.path(i)) for i in self._missing]
+        """Paths listed by the annotations but absent on disk, left out at construction (a split held out
+        of another, ``subset``, reports those of the listing it came from)."""
+        return list(self.dropped_files)
 
     def _select(self, indices: np.ndarray) -> None:
         """Keep only the given rows, in place (files, label tables, certainties)."""
@@ -280,8 +279,7 @@ class ImageFileDataset(LabeledImages):
         """A new dataset of the given rows (a held-out split), optionally with another transform."""
         indices = np.asarray(indices, dtype=np.int64)
         part = copy.copy(self)
-        part.bad_images, part.dropped_files = [], []
-        part._missing = np.flatnonzero(np.isin(indices, self._missing))
+        part.bad_images = []
         part._select(indices)
         if transform is not None:
             part.transform = transform

@@ -8,6 +8,13 @@ Two kinds share this interface (a ``num_channels`` attribute and ``forward(image
 
 ``backbone_normalization`` says how input pixels must be normalised for a backbone's weights (timm's
 pretrained configuration), so training and every inference path prepare images alike.
+
+BatchNorm (``batchnorm``): ``live`` trains it as usual (statistics of each process's batch, running averages
+updated); ``frozen`` replaces every BatchNorm2d by torchvision's ``FrozenBatchNorm2d`` (DETR's choice for
+pretrained backbones: ImageNet statistics and affine terms kept, so small per-GPU batches change nothing and
+N processes train exactly like one); ``sync`` builds live BatchNorm that the trainer turns into
+``SyncBatchNorm`` under multi-GPU DDP. ``auto`` (``resolve_batchnorm``) is frozen for pretrained backbones and
+live from scratch.
 """
 
 from __future__ import annotations
@@ -21,6 +28,8 @@ from torch import nn
 
 from ctran.errors import CTranError
 from ctran.normalization import IMAGENET, Normalization
+
+BATCHNORM = ("auto", "frozen", "live", "sync")
 
 
 def _conv_bn_relu(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
@@ -207,12 +216,61 @@ def describe_weights(record: dict | None) -> str:
     return "none (trained from scratch)"
 
 
+def resolve_batchnorm(mode: str, pretrained: bool, weights_file: str | Path | None) -> str:
+    """``auto`` -> ``frozen`` for a pretrained backbone (timm's or a weights file), ``live`` from scratch.
+
+    A pretrained backbone's statistics come from large ImageNet batches; re-estimating them from a few images
+    per GPU only adds noise. Random weights have no statistics worth keeping.
+    """
+    if mode not in BATCHNORM:
+        raise CTranError(f"model.batchnorm must be one of {', '.join(BATCHNORM)}, got {mode!r}")
+    if mode != "auto":
+        return mode
+    return "frozen" if pretrained or weights_file else "live"
+
+
+def freeze_batchnorm(module: nn.Module) -> nn.Module:
+    """Every BatchNorm2d under ``module`` replaced by a frozen copy; returns the module (or its replacement).
+
+    Plain BatchNorm2d becomes torchvision's ``FrozenBatchNorm2d`` (statistics and affine terms as buffers, no
+    ``num_batches_tracked``); timm's BatchNorm-plus-activation layers become timm's frozen twin, which keeps
+    the activation.
+    """
+    from timm.layers import BatchNormAct2d, freeze_batch_norm_2d
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    if isinstance(module, BatchNormAct2d):
+        return freeze_batch_norm_2d(module)
+    if isinstance(module, nn.BatchNorm2d):
+        if module.running_mean is None:
+            raise CTranError("model.batchnorm=frozen needs BatchNorm layers that track running statistics")
+        frozen = FrozenBatchNorm2d(module.num_features, eps=module.eps)
+        if module.affine:
+            frozen.weight.copy_(module.weight.detach())
+            frozen.bias.copy_(module.bias.detach())
+        frozen.running_mean.copy_(module.running_mean)
+        frozen.running_var.copy_(module.running_var)
+        return frozen
+    for name, child in module.named_children():
+        replacement = freeze_batchnorm(child)
+        if replacement is not child:
+            setattr(module, name, replacement)
+    return module
+
+
 def build_backbone(
-    name: str, pretrained: bool = False, weights_file: str | Path | None = None
+    name: str, pretrained: bool = False, weights_file: str | Path | None = None, batchnorm: str = "live"
 ) -> SmallCNN | TimmBackbone:
-    """``small_cnn`` or any timm model name."""
+    """``small_cnn`` or any timm model name, its BatchNorm ``frozen`` after loading weights when asked
+    (``live`` and ``sync`` build ordinary BatchNorm; ``auto``: see ``resolve_batchnorm``)."""
+    batchnorm = resolve_batchnorm(batchnorm, pretrained, weights_file)
     if name == "small_cnn":
         if pretrained or weights_file:
             raise CTranError("small_cnn has no pretrained weights; use pretrained=False")
-        return SmallCNN()
-    return TimmBackbone(name, pretrained=pretrained, weights_file=weights_file)
+        backbone = SmallCNN()
+    else:
+        backbone = TimmBackbone(name, pretrained=pretrained, weights_file=weights_file)
+    if batchnorm == "frozen":
+        with torch.no_grad():
+            freeze_batchnorm(backbone)
+    return backbone

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ctran.data.base import LabeledImages
 from ctran.data.images import collate_samples
@@ -30,17 +31,46 @@ def usable_workers(requested: int) -> int:
     return max(0, min(requested, max(1, cpu_count() // processes)))
 
 
+class StepBatches(Sampler[list[int]]):
+    """Each process's share of the global batches: N processes with batch B see one process's batches of N*B.
+
+    Step k's global batch is positions k*N*B .. (k+1)*N*B of a (seed, epoch) permutation of the dataset (the
+    permutation ``DistributedSampler`` draws); process r takes every N-th of them from position r. Their union
+    is exactly one process's batch at N*B, the last step included: it is short, not padded with repeated
+    images, and a process's share of it may be empty. Every process runs the same number of steps.
+    """
+
+    def __init__(self, size: int, batch_size: int, seed: int, ctx: DistContext) -> None:
+        self.size, self.batch_size, self.seed = size, batch_size, seed
+        self.rank, self.world_size, self.epoch = ctx.rank, ctx.world_size, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw the order of ``epoch`` (the same on every process, whatever their number)."""
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[list[int]]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(self.size, generator=generator).tolist()
+        step = self.batch_size * self.world_size
+        for start in range(0, self.size, step):
+            yield order[start : start + step][self.rank :: self.world_size]
+
+    def __len__(self) -> int:
+        return math.ceil(self.size / (self.batch_size * self.world_size))
+
+
 def train_loader(
     dataset: LabeledImages, batch_size: int, seed: int, ctx: DistContext, workers: int
 ) -> DataLoader:
-    """Shuffled by (seed, epoch) through ``DistributedSampler`` (also in one process: the same order), each
-    image's random augmentation drawn from (seed, epoch, index): a resumed run sees the same crops."""
-    sampler = DistributedSampler(dataset, ctx.world_size, ctx.rank, shuffle=True, seed=seed, drop_last=False)
+    """Batches of ``batch_size`` images per process, shuffled by (seed, epoch) (``StepBatches``), each
+    image's random augmentation drawn from (seed, epoch, index): a resumed run sees the same crops.
+
+    A batch whose images are all unreadable (or a process's empty share of the last step) arrives as None.
+    """
     workers = usable_workers(workers)
     return DataLoader(
         SeededAugmentation(dataset, seed),
-        batch_size=batch_size,
-        sampler=EpochKeys(sampler),
+        batch_sampler=EpochKeys(StepBatches(len(dataset), batch_size, seed, ctx)),
         num_workers=workers,
         collate_fn=collate_samples,
         persistent_workers=workers > 0,

@@ -8,8 +8,10 @@ This is what ``ctran train`` (and ``torchrun ... -m ctran train``) calls. The ou
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -21,7 +23,7 @@ from ctran.data.base import LabeledImages
 from ctran.data.partial import PartialAnnotations
 from ctran.data.registry import build_dataset, load_splits
 from ctran.errors import CTranError
-from ctran.model import backbone_normalization, build_from_config
+from ctran.model import backbone_normalization, build_from_config, resolve_batchnorm
 from ctran.model.backbone import describe_weights, file_sha256, pretrained_weights
 from ctran.normalization import Normalization, as_normalization
 from ctran.report import write_json
@@ -93,9 +95,11 @@ def model_config(config: Config, num_labels: int) -> dict:
     options = dataclasses.asdict(config.model)
     kind = options.pop("kind")
     options.pop("init_from")
-    options.pop("batchnorm")  # how the trainer treats BatchNorm, not a build option (ModelConfig.batchnorm)
+    options["batchnorm"] = resolve_batchnorm(
+        options["batchnorm"], options["pretrained"], options["backbone_weights"]
+    )
     if kind == "baseline":
-        options = {key: options[key] for key in ("backbone", "pretrained", "backbone_weights")}
+        options = {key: options[key] for key in ("backbone", "pretrained", "backbone_weights", "batchnorm")}
     return {"kind": kind, "num_labels": num_labels, **options}
 
 
@@ -147,8 +151,15 @@ def final_evaluation(
 def train_run(config: Config, out_dir: str | Path, resume: bool = False, progress: bool = True) -> dict:
     """Train, evaluate the best checkpoint on the test split, write the run folder; returns metrics."""
     out_dir = Path(out_dir)
+    config = copy.deepcopy(config)
+    options = config.model  # the run's config and checkpoints record the mode "auto" resolved to
+    options.batchnorm = resolve_batchnorm(options.batchnorm, options.pretrained, options.backbone_weights)
+    if resume and "batchnorm" not in _saved_model_keys(out_dir):
+        options.batchnorm = "live"  # a run started before model.batchnorm existed trains on as it began
     ctx = init_distributed(config.train.device)
     try:
+        if ctx.is_main:
+            print_batch(config, ctx)
         datasets = build_datasets(config)
         labels = model_labels(config, datasets["train"])
         num_labels = len(labels)
@@ -167,6 +178,8 @@ def train_run(config: Config, out_dir: str | Path, resume: bool = False, progres
         for dataset in datasets.values():
             if hasattr(dataset, "bad_image_log"):
                 dataset.bad_image_log = skip_log
+        if ctx.is_main:
+            log_missing(datasets, skip_log)
         meta = checkpoint_meta(config, datasets["train"], num_labels)
         if ctx.is_main:
             print(f"initial weights: {describe_weights(meta['pretrained_weights'])}")
@@ -186,6 +199,38 @@ def train_run(config: Config, out_dir: str | Path, resume: bool = False, progres
         shutdown_distributed()
 
 
+def print_batch(config: Config, ctx: DistContext) -> None:
+    """Say what one step trains on, and warn when live BatchNorm normalises over fewer than 8 images."""
+    per_process, accum = config.train.batch_size, config.train.grad_accum
+    line = f"batch: {per_process} images per process x {ctx.world_size} process(es)"
+    if accum > 1:
+        line += f" x {accum} accumulated"
+    mode = config.model.batchnorm
+    print(f"{line} = {per_process * ctx.world_size * accum} per step; backbone BatchNorm: {mode}")
+    normalised = {"live": per_process, "sync": per_process * ctx.world_size}.get(mode)
+    if normalised is not None and normalised < 8 and config.train.freeze_backbone != "all":
+        print(
+            f"ctran: warning: {mode} BatchNorm normalises over {normalised} images (fewer than 8 makes its "
+            "statistics noisy); use model.batchnorm=frozen for a pretrained backbone, sync on several GPUs, "
+            "or a larger train.batch_size",
+            file=sys.stderr,
+        )
+
+
+def log_missing(datasets: dict[str, LabeledImages], log: Path) -> None:
+    """Add the listed files each dataset left out as missing to the run's skipped-images log, said once."""
+    missing = sorted({path for data in datasets.values() for path in getattr(data, "missing_files", [])})
+    if not missing:
+        return
+    with open(log, "a") as file:
+        file.writelines(json.dumps({"path": path, "reason": "missing on disk"}) + "\n" for path in missing)
+    print(
+        f"ctran: {len(missing)} listed images are missing on disk and were left out (e.g. {missing[0]}); "
+        f"{log.with_suffix('.json')} lists them with the unreadable ones",
+        file=sys.stderr,
+    )
+
+
 def summarize_skipped(log: Path, summary: Path) -> int:
     """Unique unreadable images of the run (each was logged every time it was met) -> JSON; their count."""
     if not log.exists():
@@ -198,6 +243,14 @@ def summarize_skipped(log: Path, summary: Path) -> int:
     entries = [{"path": path, "reason": reason} for path, reason in sorted(unique.items())]
     write_json(summary, {"count": len(entries), "images": entries})
     return len(entries)
+
+
+def _saved_model_keys(out_dir: Path) -> set[str]:
+    """The ``model`` keys a run folder's config.yaml names (none when there is no file to read)."""
+    import yaml
+
+    path = out_dir / "config.yaml"
+    return set((yaml.safe_load(path.read_text()) or {}).get("model", {})) if path.is_file() else set()
 
 
 def load_run_config(out_dir: str | Path) -> Config:

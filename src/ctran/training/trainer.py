@@ -4,10 +4,18 @@ Works for any model with the ``forward(images, states) -> logits`` interface (C-
 baseline). The model sees ``cat[targets ; extras]`` states; LMT reveals labels among all of them
 (``train.lmt_labels=all``) or among the extras only (``extras``: CUB-312, whose classes stay unknown). The
 loss covers target labels (and, with ``train.extra_loss``, extra labels) that are annotated and not
-revealed, averaged over all such entries of the global batch (every process and micro-batch), so N
-processes with batch B/N train exactly like one process with batch B. With ``train.missing=negative``, target
-labels that are not annotated count as negatives (the "assume negative" baseline for missing labels); a model
-that cannot take states (the baseline) is never told any.
+revealed, averaged over all such entries of the global batch (every process and micro-batch). With
+``train.missing=negative``, target labels that are not annotated count as negatives (the "assume negative"
+baseline for missing labels); a model that cannot take states (the baseline) is never told any.
+
+``train.batch_size`` is per process (as in timm and DETR): N processes with batch B take the same steps as
+one process with batch N*B, whose batches are the union of theirs (``StepBatches``). They train exactly
+alike when the backbone's BatchNorm is frozen (``model.batchnorm=frozen``, the default for pretrained
+backbones) or the whole backbone is (``train.freeze_backbone=all``); live BatchNorm normalises over each
+process's B images instead, ``sync`` (SyncBatchNorm, CUDA) over all N*B. Every process takes part in every
+collective of every step: a micro-batch with no readable image (or a process's empty share of the last
+step) runs forward and backward on an empty batch, which contributes zero gradient, so the others never
+wait on it; and all processes decide to step from the same all-reduced image count.
 
 With an output folder, each epoch ends by writing ``last.pt`` (weights + optimiser, scheduler, EMA, scaler,
 RNG states, history) and, on a better validation mAP, ``best.pt``, both atomically; ``metrics.csv`` and
@@ -35,7 +43,7 @@ from tqdm import tqdm
 
 from ctran.checkpoint import read_checkpoint, save_checkpoint
 from ctran.config import Config
-from ctran.data.base import LabeledImages
+from ctran.data.base import LabeledImages, Sample
 from ctran.devices import resolve_device
 from ctran.errors import CTranError
 from ctran.files import atomic_write_bytes
@@ -104,16 +112,13 @@ class Trainer:
         if self.cfg.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
         torch.manual_seed(config.seed + self.ctx.rank)
-        self.model = model.to(self.ctx.device)
+        self.model = _sync_batchnorm(model, self.ctx) if config.model.batchnorm == "sync" else model
+        self.model = self.model.to(self.ctx.device)
         self.frozen = freeze_backbone(self.model, self.cfg.freeze_backbone)
         self.precision = resolve_precision(self.cfg.precision, self.ctx.device)
-        per_rank = self.cfg.batch_size // self.ctx.world_size
-        if per_rank * self.ctx.world_size != self.cfg.batch_size:
-            raise CTranError(
-                f"train.batch_size {self.cfg.batch_size} must divide by the {self.ctx.world_size} processes"
-            )
         workers = config.data.num_workers
-        self.train_loader = train_loader(train_set, per_rank, config.seed, self.ctx, workers)
+        self.train_loader = train_loader(train_set, self.cfg.batch_size, config.seed, self.ctx, workers)
+        self._empty_batch = _empty_batch(train_set, config.data.image_size)
         self.val_loader = eval_loader(val_set, config.eval.batch_size, self.ctx, workers)
         steps_per_epoch = math.ceil(len(self.train_loader) / self.cfg.grad_accum)
         self.optimizer = build_optimizer(self.model, self.cfg)
@@ -133,6 +138,7 @@ class Trainer:
         return ModelEmaV3(self.model, decay=self.cfg.ema_decay)
 
     def _wrap_ddp(self) -> nn.Module:
+        """The model under DistributedDataParallel when there are several processes (itself otherwise)."""
         if not self.ctx.enabled:
             return self.model
         device_ids = [self.ctx.device.index] if self.ctx.device.type == "cuda" else None
@@ -160,7 +166,7 @@ class Trainer:
         self.net.train()
         for module in self.frozen:
             module.eval()
-        self.train_loader.sampler.set_epoch(self.epoch)
+        self.train_loader.batch_sampler.set_epoch(self.epoch)
         self.skipped_steps = 0
         total, images_seen, tick = torch.zeros(2), 0, time.perf_counter()
         bar = tqdm(
@@ -169,15 +175,17 @@ class Trainer:
             disable=not self.progress,
             leave=False,
         )
-        window: list[tuple] = []  # the prepared micro-batches of one optimisation step
+        window: list[tuple | None] = []  # one optimisation step's micro-batches (None: no readable image)
         for micro, batch in enumerate(bar):
+            window.append(None if batch is None else self._prepare(batch))
             if batch is not None:
-                window.append(self._prepare(batch))
                 images_seen += len(batch.index)
+                self._empty_batch = _empty_batch_like(batch)
             if (micro + 1) % self.cfg.grad_accum and micro + 1 < len(self.train_loader):
                 continue
-            total += self._accumulate(window)
-            if window:
+            step_total, any_images = self._accumulate(window)
+            total += step_total
+            if any_images:
                 self._optimizer_step()
             window = []
             bar.set_postfix(
@@ -219,19 +227,30 @@ class Trainer:
         device = self.ctx.device
         return images, truth.to(device), states.to(device), scored, options
 
-    def _accumulate(self, window: list[tuple]) -> torch.Tensor:
+    def _accumulate(self, window: list[tuple | None]) -> tuple[torch.Tensor, bool]:
         """Backward over one step's micro-batches, the loss normalised by the scored count of all of them
         on every process, so N micro-batches of B train exactly like one batch of N*B whatever LMT revealed
-        in each. Returns this process's finite (loss sum, scored count) for the epoch's mean."""
-        counts = [scored_mask(t[:, :s], x[:, :s]).sum() for _, t, x, s, _ in window]
-        local = torch.stack(counts).sum() if counts else torch.zeros((), device=self.ctx.device)
-        global_count = all_reduce_sum(local.float(), self.ctx).clamp(min=1)
+        in each. Returns this process's finite (loss sum, scored count) for the epoch's mean, and whether
+        any process read an image (then every process steps; otherwise none does, and none runs backward).
+
+        Every process runs the same forwards and backwards through DDP, in the same order: an unreadable
+        micro-batch is replaced by an empty one, whose zero gradient takes its place in the all-reduce.
+        """
+        local = torch.zeros(2, device=self.ctx.device)  # (scored entries, images) of this process
+        for images, truth, states, scored, _ in filter(None, window):
+            count = scored_mask(truth[:, :scored], states[:, :scored]).sum()
+            local += torch.stack([count.float(), torch.tensor(float(len(images)), device=local.device)])
+        global_count, global_images = all_reduce_sum(local, self.ctx).tolist()
         total = torch.zeros(2)
+        if not global_images:
+            return total, False
+        global_count = torch.tensor(max(global_count, 1.0), device=self.ctx.device)
         for i, prepared in enumerate(window):
+            prepared = prepared if prepared is not None else self._prepare(self._empty_batch)
             loss_sum, n_scored = self._forward_backward(prepared, global_count, sync=i == len(window) - 1)
             if torch.isfinite(loss_sum):  # a bad batch is counted by _optimizer_step, not averaged in
                 total += torch.stack([loss_sum, n_scored]).cpu()
-        return total
+        return total, True
 
     def _forward_backward(
         self, prepared: tuple, global_count: torch.Tensor, sync: bool
@@ -425,6 +444,31 @@ def fit(
 ) -> TrainResult:
     """Train ``model`` in place (see ``Trainer``); it ends holding its best validation weights."""
     return Trainer(model, train_set, val_set, config, **options).fit()
+
+
+def _sync_batchnorm(model: nn.Module, ctx: DistContext) -> nn.Module:
+    """``model.batchnorm=sync``: BatchNorm statistics over all processes' batches (SyncBatchNorm, CUDA)."""
+    if ctx.device.type != "cuda":
+        raise CTranError(
+            f"model.batchnorm=sync needs CUDA GPUs (NCCL) but this run is on {ctx.device.type}; use "
+            "model.batchnorm=frozen (pretrained backbones) or live"
+        )
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
+def _empty_batch(dataset: LabeledImages, image_size: int) -> Sample:
+    """A batch of no image shaped like the dataset's: what a process runs when it has nothing to read."""
+    return Sample(
+        torch.zeros(0, 3, image_size, image_size),
+        torch.zeros(0, len(dataset.target_names), dtype=torch.long),
+        torch.zeros(0, len(dataset.extra_names), dtype=torch.long),
+        torch.zeros(0, dtype=torch.long),
+    )
+
+
+def _empty_batch_like(batch: Sample) -> Sample:
+    """An empty batch with ``batch``'s image and label shapes (the size the training transform makes)."""
+    return Sample(*(field.new_empty((0, *field.shape[1:])) for field in batch))
 
 
 def _tensorboard_writer() -> type | None:
