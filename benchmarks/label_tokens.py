@@ -70,21 +70,19 @@ def parse_args(argv: list[str] | None = None):
     return p.parse_args(argv)
 
 
+def _model(labels: int, shape: dict, attention: str = "full") -> torch.nn.Module:
+    """A random C-Tran of ``shape``'s backbone, width, layers and heads, in training mode."""
+    sizes = {key: shape[key] for key in ("backbone", "dim", "layers", "heads")}
+    return build_model(labels, pretrained=False, attention=attention, **sizes).train()
+
+
 # ------------------------------------------------------------------------------------------------ flops
 
 
 def step_flops(labels: int, kept: int | None = None, attention: str = "full") -> dict:
     """GFLOPs per image of a training step (forward + backward, batch 1) at the paper's size."""
     with torch.device("meta"):
-        model = build_model(
-            labels,
-            backbone=PAPER["backbone"],
-            dim=PAPER["dim"],
-            layers=PAPER["layers"],
-            heads=PAPER["heads"],
-            pretrained=False,
-            attention=attention,
-        ).train()
+        model = _model(labels, PAPER, attention=attention)
         size = PAPER["image_size"]
         images = torch.empty(1, 3, size, size)
         index = None if kept is None else torch.arange(kept)
@@ -146,14 +144,7 @@ def cpu_rows(args, device: torch.device) -> list[dict]:
     budget = budget_from(args, 20.0)
     for labels in (80, 1000, OPEN_IMAGES):
         torch.manual_seed(0)
-        model = build_model(
-            labels,
-            backbone=SMALL["backbone"],
-            dim=SMALL["dim"],
-            layers=SMALL["layers"],
-            heads=SMALL["heads"],
-            pretrained=False,
-        ).train()
+        model = _model(labels, SMALL)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
         images = torch.randn(SMALL["batch"], 3, SMALL["image_size"], SMALL["image_size"])
         truth = sparse_truth(SMALL["batch"], labels)
