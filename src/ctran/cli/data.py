@@ -1,4 +1,4 @@
-"""``ctran data check``, ``stats`` and ``synth``: check, describe or generate a dataset."""
+"""``ctran data check``, ``stats``, ``synth`` and ``emoji``: check, describe, generate or build a dataset."""
 
 from __future__ import annotations
 
@@ -61,6 +61,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     stats.set_defaults(run=_run_stats)
     _register_synth(actions)
+    _register_emoji(actions)
 
 
 def _register_synth(actions: argparse._SubParsersAction) -> None:
@@ -101,6 +102,36 @@ def _register_synth(actions: argparse._SubParsersAction) -> None:
     )
     add_quiet_flag(synth)
     synth.set_defaults(run=_run_synth)
+
+
+def _register_emoji(actions: argparse._SubParsersAction) -> None:
+    emoji = actions.add_parser(
+        "emoji",
+        help="build a real tagged set: emoji artwork from npm with the Unicode CLDR keywords as tags",
+        description="Render the emoji artwork of the npm packages @twemoji/svg, @iconify-json/noto and "
+        "@iconify-json/fluent-emoji (whichever are installed) and tag each icon with the CLDR keywords of "
+        "emojibase-data (the N most frequent as the vocabulary), its Unicode group as an extra label. "
+        "Writes the CSV layout of your own data (train/val/test.csv, labels.txt, extras.txt) and "
+        "emoji.json; the variants of one emoji share a split. Needs rsvg-convert (librsvg2-bin). "
+        "Re-running keeps the icons already rendered.",
+        epilog="example:\n  npm install --prefix data/npm @twemoji/svg @iconify-json/noto "
+        "@iconify-json/fluent-emoji emojibase-data\n"
+        "  ctran data emoji --npm data/npm --out data/emoji\n"
+        '  ctran train --config own-cpu --data csv --data-root data/emoji --backbone-weights "$W" '
+        "--out runs/emoji",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    emoji.add_argument("--npm", type=Path, default=Path("."), help="folder holding node_modules (default: .)")
+    emoji.add_argument("--out", type=Path, required=True, help="output folder")
+    emoji.add_argument("--labels", type=int, default=60, help="tags in the vocabulary (default: 60)")
+    emoji.add_argument("--size", type=int, default=144, help="icon side in pixels (default: 144)")
+    emoji.add_argument("--locale", default="en", help="CLDR keyword language (default: en)")
+    emoji.add_argument("--seed", type=int, default=0, help="split seed (default: 0)")
+    emoji.add_argument(
+        "--workers", type=int, default=os.cpu_count() or 1, help="rsvg-convert processes at once"
+    )
+    add_quiet_flag(emoji)
+    emoji.set_defaults(run=_run_emoji)
 
 
 def _open(args: argparse.Namespace):
@@ -220,4 +251,33 @@ def _run_synth(args: argparse.Namespace) -> int:
             progress=bar.update,
         )
     print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _run_emoji(args: argparse.Namespace) -> int:
+    import json
+
+    from tqdm import tqdm
+
+    from ctran.cli.args import positive
+    from ctran.data.emoji import artwork_sets, build_emoji_dataset, node_modules, read_emoji
+
+    labels, size = positive(args.labels, "--labels"), positive(args.size, "--size")
+    folder = node_modules(args.npm)
+    total = len(read_emoji(folder, args.locale)) * len(artwork_sets(folder))
+    with tqdm(total=total, desc="emoji", unit=" icon", disable=not show_progress(args.quiet)) as bar:
+        summary = build_emoji_dataset(
+            folder,
+            args.out,
+            labels,
+            size,
+            args.seed,
+            positive(args.workers, "--workers"),
+            args.locale,
+            progress=lambda done: bar.update(done - bar.n),
+        )
+    print(json.dumps({key: summary[key] for key in ("packages", "emoji", "images", "images_per_artwork")}))
+    for icon, reason in summary["not_rendered"].items():
+        print(f"skipped {icon}: {reason}")
+    print(f"train: ctran train --config own-cpu --data csv --data-root {args.out} --out runs/emoji")
     return 0
