@@ -20,7 +20,7 @@ from ctran.report import settings_by_name
 
 @pytest.fixture(scope="module")
 def evaluations(tmp_path_factory) -> dict[str, dict]:
-    """``ctran evaluate --json`` of two untrained digit models (seeds 0 and 1), four settings each."""
+    """``ctran evaluate --json`` of two untrained digit models (seeds 0 and 1), six settings each."""
     folder = tmp_path_factory.mktemp("evals")
     config = {"kind": "ctran", "num_labels": 20, "backbone": "small_cnn", "dim": 16, "layers": 1, "heads": 2}
     results = {}
@@ -36,6 +36,7 @@ def evaluations(tmp_path_factory) -> dict[str, dict]:
         )
         out = folder / f"m{seed}.json"
         argv = ["evaluate", "--checkpoint", str(path), "--size", "40", "--known", "0,0.5", "--extra", "both"]
+        argv += ["--known-positives", "0.5"]
         with contextlib.redirect_stdout(io.StringIO()):
             assert main([*argv, "--json", str(out), "--quiet"]) == 0
         results[f"m{seed}"] = json.loads(out.read_text())
@@ -75,7 +76,10 @@ def test_runs_and_json_files_side_by_side(evaluations, tmp_path: Path, capsys) -
     first_table = stdout.split("\n\n")[0].splitlines()
     assert first_table[0] == "| setting | a | b | c |"
     rows = {line.split(" | ")[0].strip("| "): line for line in first_table[2:]}
-    assert list(rows) == ["regular", "partial_0.5", "extra", "partial_0.5+extra"]
+    assert list(rows) == [
+        *("regular", "partial_0.5", "positives_0.5"),
+        *("extra", "partial_0.5+extra", "positives_0.5+extra"),
+    ]
     for setting, line in rows.items():
         cells = [cell.strip("* ") for cell in line.strip("|").split("|")[1:]]
         expected_a = settings_by_name(evaluations["m0"]["settings"])[setting]["mAP"]
@@ -146,3 +150,23 @@ def test_an_unknown_metric_lists_the_available_ones(evaluations, tmp_path, capsy
     a = _run_folder(tmp_path, "a", evaluations["m0"])
     code, _, err = _compare(capsys, str(a), "--metric", "mAp", "--out", str(tmp_path / "o"))
     assert code == 2 and "mAP" in err and "CF1" in err
+
+
+def _cells(table: str, start: str) -> list[str]:
+    """The cells of the one table row that starts with ``start``."""
+    [row] = [line for line in table.splitlines() if line.startswith(start)]
+    return [cell.strip("* ") for cell in row.strip("|").split("|")]
+
+
+def test_told_settings_show_what_being_told_gained_on_the_same_entries(evaluations, tmp_path, capsys) -> None:
+    """The full table has untold and gain columns ("-" for regular); --metric gain compares the gains."""
+    a, b = (_run_folder(tmp_path, name, evaluations[m]) for name, m in (("a", "m0"), ("b", "m1")))
+    code, stdout, _ = _compare(capsys, str(a), str(b), "--metric", "gain", "--out", str(tmp_path / "o"))
+    assert code == 0
+    first, full = stdout.split("\n\n")[:2]
+    told = {m: settings_by_name(evaluations[m]["settings"])["positives_0.5"] for m in ("m0", "m1")}
+    assert _cells(first, "| positives_0.5 |")[1:] == [f"{told[m]['gain']:+.1f}" for m in ("m0", "m1")]
+    assert full.startswith("| setting | run | images | labels | mAP | untold | gain | CP |")
+    expected = [f"{told['m0']['mAP']:.1f}", f"{told['m0']['untold_mAP']:.1f}", f"{told['m0']['gain']:+.1f}"]
+    assert _cells(full, "| positives_0.5 | a |")[4:7] == expected
+    assert _cells(full, "| regular | a |")[5:7] == ["-", "-"]

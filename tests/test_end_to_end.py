@@ -69,6 +69,7 @@ def test_demo_succeeds_and_writes_outputs(demo_run):
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 1000
     markdown = (out / "report.md").read_text()
     assert "| setting |" in markdown and "C-Tran regular" in markdown and "baseline regular" in markdown
+    assert "| mAP | untold | gain |" in markdown and "C-Tran 50% of present labels known |" in markdown
     assert "Worked example" in stdout
     assert "C-Tran epoch 2: loss" in stdout and "baseline epoch 2: loss" in stdout  # --quiet keeps these
     assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]  # atomic writes left nothing
@@ -78,14 +79,19 @@ def test_demo_succeeds_and_writes_outputs(demo_run):
 def test_report_schema(report):
     assert {"ctran", "baseline", "train_seconds", "dataset"} <= set(report)
     ctran_results = report["ctran"]
-    assert set(ctran_results) == {"regular", "partial", "extra"}
-    assert set(ctran_results["partial"]) == {"0.25", "0.5", "0.75"}
-    for metrics in [ctran_results["regular"], ctran_results["extra"], *ctran_results["partial"].values()]:
+    assert set(ctran_results) == {"regular", "partial", "positives", "extra"}
+    assert set(ctran_results["partial"]) == set(ctran_results["positives"]) == {"0.25", "0.5", "0.75"}
+    told = [ctran_results["extra"], *ctran_results["partial"].values(), *ctran_results["positives"].values()]
+    for metrics in [ctran_results["regular"], *told]:
         _check_metrics(metrics)
         assert metrics["n_images"] == SIZES[2]
-    assert "regular" in report["baseline"]
-    _check_metrics(report["baseline"]["regular"], REGULAR_KEYS)
-    assert "extra" not in report["baseline"]  # a plain CNN cannot use extra labels
+    for metrics in told:
+        assert metrics["gain"] == pytest.approx(metrics["mAP"] - metrics["untold_mAP"])
+    baseline = report["baseline"]
+    _check_metrics(baseline["regular"], REGULAR_KEYS)
+    assert set(baseline) == {"regular", "partial", "positives"}  # a plain CNN cannot use extra labels
+    for metrics in [*baseline["partial"].values(), *baseline["positives"].values()]:
+        assert metrics["gain"] == pytest.approx(0.0, abs=1e-9)  # it ignores what it is told
     assert set(report["train_seconds"]) == {"ctran", "baseline"}
     assert all(seconds >= 0 for seconds in report["train_seconds"].values())
     dataset = report["dataset"]
@@ -108,7 +114,12 @@ def test_demo_checkpoint_loads(demo_run):
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("flags", "path"),
-    [((), ("regular",)), (("--known", "0.5"), ("partial", "0.5")), (("--extra",), ("extra",))],
+    [
+        ((), ("regular",)),
+        (("--known", "0.5"), ("partial", "0.5")),
+        (("--known-positives", "0.5"), ("positives", "0.5")),
+        (("--extra",), ("extra",)),
+    ],
 )
 def test_evaluate_cli_matches_demo_report(demo_run, report, tmp_path, flags, path):
     """Same seed and test scenes => the same known sets => the same numbers as the demo's report."""
@@ -120,7 +131,7 @@ def test_evaluate_cli_matches_demo_report(demo_run, report, tmp_path, flags, pat
     expected = report["ctran"]
     for key in path:
         expected = expected[key]
-    for key in METRIC_KEYS:
+    for key in (*METRIC_KEYS, "untold_mAP", "gain") if path != ("regular",) else METRIC_KEYS:
         assert metrics[key] == pytest.approx(expected[key], abs=1e-6), key
 
 

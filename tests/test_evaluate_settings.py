@@ -16,7 +16,7 @@ from ctran.checkpoint import save_checkpoint
 from ctran.cli import main
 from ctran.data.digit_scenes import CONTEXT_NAMES, DIGIT_NAMES, TAG_NAMES
 from ctran.metrics import METRIC_KEYS, average_precision
-from ctran.report import flatten_settings, iter_settings, settings_by_name
+from ctran.report import SAME_ENTRIES, add_setting, flatten_settings, iter_settings, settings_by_name
 from ctran.training.evaluation import Setting, collect_scores, evaluate
 from ctran.training.loaders import eval_loader
 
@@ -44,14 +44,18 @@ def _evaluate(checkpoint: Path, json_path: Path, *flags: str) -> tuple[str, dict
 
 def test_setting_names_are_distinct() -> None:
     settings = [Setting(f, e) for e in (False, True) for f in (0.0, 0.5)]
-    assert [s.name for s in settings] == ["regular", "partial_0.5", "extra", "partial_0.5+extra"]
+    settings += [Setting(reveal_extras=e, known_positives=0.5) for e in (False, True)]
+    assert [s.name for s in settings] == [
+        *("regular", "partial_0.5", "extra", "partial_0.5+extra"),
+        *("positives_0.5", "positives_0.5+extra"),
+    ]
 
 
 def test_one_call_with_several_settings_equals_one_call_per_setting(digits_checkpoint, tmp_path) -> None:
-    table, together = _evaluate(
-        digits_checkpoint, tmp_path / "all.json", "--known", "0,0.25,0.5", "--extra", "both"
-    )
-    names = ["regular", "partial_0.25", "partial_0.5", "extra", "partial_0.25+extra", "partial_0.5+extra"]
+    flags = ("--known", "0,0.25,0.5", "--known-positives", "0.5", "--extra", "both")
+    table, together = _evaluate(digits_checkpoint, tmp_path / "all.json", *flags)
+    names = ["regular", "partial_0.25", "partial_0.5", "positives_0.5"]
+    names += ["extra", "partial_0.25+extra", "partial_0.5+extra", "positives_0.5+extra"]
     by_name = settings_by_name(together["settings"])
     assert list(by_name) == names
     assert together["setting"] == "regular" and together["mAP"] == by_name["regular"]["mAP"]
@@ -59,15 +63,20 @@ def test_one_call_with_several_settings_equals_one_call_per_setting(digits_check
         "regular": [],
         "partial_0.25": ["--known", "0.25"],
         "partial_0.5": ["--known", "0.5"],
+        "positives_0.5": ["--known-positives", "0.5"],
         "extra": ["--extra"],
         "partial_0.25+extra": ["--known", "0.25", "--extra"],
         "partial_0.5+extra": ["--known", "0.5", "--extra"],
+        "positives_0.5+extra": ["--known-positives", "0.5", "--extra"],
     }
     for name, flags in separate_flags.items():
         _, alone = _evaluate(digits_checkpoint, tmp_path / f"{name}.json", *flags)
         assert alone["setting"] == name
-        for key in (*METRIC_KEYS, "n_images", "n_labels_scored", "per_label"):
+        # a told setting alone still runs the regular pass for its untold mAP, and reports only itself
+        keys = (*METRIC_KEYS, "n_images", "n_labels_scored", "per_label")
+        for key in keys if name == "regular" else (*keys, *SAME_ENTRIES):
             assert alone[key] == by_name[name][key], (name, key)
+        assert len(list(iter_settings(alone["settings"]))) == 1
     # revealing labels changes what is scored: partial settings score fewer entries than regular
     assert by_name["partial_0.5+extra"]["mAP"] != by_name["partial_0.5"]["mAP"]
     for name in names:
@@ -95,16 +104,28 @@ def test_per_label_ap_and_counts_are_those_of_the_scored_entries(digits_checkpoi
 
 
 def test_nested_results_round_trip_and_read_as_rows() -> None:
-    results = {"regular": {"mAP": 1}, "partial": {"0.5": {"mAP": 2}}, "partial_extra": {"0.5": {"mAP": 3}}}
+    results = {
+        "regular": {"mAP": 1},
+        "partial": {"0.5": {"mAP": 2}},
+        "positives": {"0.25": {"mAP": 4}},
+        "partial_extra": {"0.5": {"mAP": 3}},
+        "positives_extra": {"0.75": {"mAP": 5}},
+    }
+    fields = [(0.0, False, 0.0), (0.5, False, 0.0), (0.0, False, 0.25), (0.5, True, 0.0), (0.0, True, 0.75)]
     assert list(iter_settings(results)) == [
-        (0.0, False, {"mAP": 1}),
-        (0.5, False, {"mAP": 2}),
-        (0.5, True, {"mAP": 3}),
+        (*f, {"mAP": m}) for f, m in zip(fields, (1, 2, 4, 3, 5), strict=True)
     ]
+    rebuilt = {}
+    for known, extra, positives, metrics in iter_settings(results):
+        add_setting(rebuilt, known, extra, metrics, positives)
+    assert rebuilt == results
+    assert list(settings_by_name(results)) == [Setting(*f).name for f in fields]
     assert list(flatten_settings(results, "C-Tran ")) == [
         "C-Tran regular",
         "C-Tran partial 50% known",
+        "C-Tran 25% of present labels known",
         "C-Tran partial 50% known + extra",
+        "C-Tran 75% of present labels known + extra",
     ]
 
 
@@ -114,6 +135,9 @@ def test_nested_results_round_trip_and_read_as_rows() -> None:
         (["--known", "0.5,1"], "--known"),
         (["--known", "a,b"], "--known"),
         (["--known", ""], "--known"),
+        (["--known-positives", "0"], "--known-positives fractions must be in (0, 1]"),
+        (["--known-positives", "1.5"], "--known-positives"),
+        (["--known", "0.5", "--known-positives", ""], "--known-positives"),
     ],
 )
 def test_bad_settings_are_refused_before_loading(tmp_path, flags, message, capsys) -> None:
@@ -144,8 +168,9 @@ def test_scores_gathered_from_shards_are_put_back_in_image_order(digits_checkpoi
 
     model, _ = ctran.checkpoint.load_checkpoint(digits_checkpoint)
     loader = eval_loader(ctran.data.load_digit_scenes("test", 0, 40), 16)
-    settings = [Setting(), Setting(0.5, True)]
+    settings = [Setting(0.5, True), Setting(known_positives=0.5)]  # regular runs too, unreported
     alone = evaluate(model, loader, settings)  # all 16 labels in one block
+    assert list(alone) == ["partial_extra", "positives"] and "untold_mAP" in alone["positives"]["0.5"]
     monkeypatch.setattr(ctran.metrics, "CHUNK_ENTRIES", 40 * 3)  # from here on, blocks of 3 labels
     direct = collect_scores(model, loader, settings)
     assert len(direct.blocks) == 6 and evaluate(model, loader, settings) == alone
@@ -191,7 +216,8 @@ def test_evaluate_passes_device_precision_and_progress_on(digits_checkpoint, cap
     assert "evaluate" in capsys.readouterr().err  # the tqdm bar, on stderr
     probs, truth, scored, _ = collect_scores(model, loader, [setting], 0, "cpu", "bf16")[setting]
     expected = multilabel_metrics(probs, truth, mask=scored, label_names=dataset.target_names)
-    assert results["partial"]["0.5"] == expected
+    got = results["partial"]["0.5"]
+    assert {key: value for key, value in got.items() if key not in SAME_ENTRIES} == expected
 
 
 def test_evaluate_a_dataset_without_target_names(digits_checkpoint) -> None:

@@ -14,7 +14,7 @@ from ctran.data.digit_scenes import load_digit_scenes
 from ctran.metrics import METRIC_KEYS, multilabel_metrics
 from ctran.states import NEGATIVE, POSITIVE, UNKNOWN
 from ctran.training.evaluation import Setting, collect_scores, evaluate, input_states, standard_settings
-from ctran.training.label_mask import evaluation_states
+from ctran.training.label_mask import evaluation_states, positive_states
 
 NUM_IMAGES = 64
 NUM_TARGETS, NUM_EXTRAS = 16, 4
@@ -65,11 +65,26 @@ def _all(dataset):
 
 def test_standard_settings_names():
     names = [s.name for s in standard_settings()]
-    assert names == ["regular", "partial_0.25", "partial_0.5", "partial_0.75", "extra"]
-    assert [s.name for s in standard_settings((0.5,), extra=False)] == ["regular", "partial_0.5"]
-    assert [s.name for s in standard_settings((0.0, 0.3))] == ["regular", "partial_0.3", "extra"]
+    assert names == [
+        "regular",
+        *("partial_0.25", "partial_0.5", "partial_0.75"),
+        *("positives_0.25", "positives_0.5", "positives_0.75"),
+        "extra",
+    ]
+    assert [s.name for s in standard_settings((0.5,), extra=False, positives=())] == [
+        "regular",
+        "partial_0.5",
+    ]
+    assert [s.name for s in standard_settings((0.0, 0.3), positives=(0, 1))] == [
+        "regular",
+        "partial_0.3",
+        "positives_1",
+        "extra",
+    ]
     extra = standard_settings()[-1]
-    assert extra.reveal_extras and extra.known_fraction == 0
+    assert extra.reveal_extras and extra.known_fraction == 0 and extra.known_positives == 0
+    with pytest.raises(ValueError, match="not both"):
+        Setting(known_fraction=0.5, known_positives=0.5)
 
 
 def test_input_states(dataset):
@@ -87,6 +102,13 @@ def test_input_states(dataset):
     assert ((partial[:, :NUM_TARGETS] != UNKNOWN).sum(1) == 8).all()
     assert (partial[:, NUM_TARGETS:] == UNKNOWN).all()
 
+    positives = input_states(
+        Setting(reveal_extras=True, known_positives=0.5), targets, extras, indices, seed=0
+    )
+    assert torch.equal(positives[:, :NUM_TARGETS], positive_states(targets, indices, 0.5, 0))
+    assert (positives[:, :NUM_TARGETS] != NEGATIVE).all() and (positives[:, :NUM_TARGETS] == POSITIVE).any()
+    assert torch.equal(positives[:, NUM_TARGETS:], extras)
+
 
 # ---------------------------------------------------------------------------------------------- evaluate
 
@@ -95,17 +117,25 @@ def test_evaluate_untrained_model_report_structure(dataset):
     torch.manual_seed(0)
     model = ctran.build_model(NUM_TARGETS + NUM_EXTRAS, backbone="small_cnn", dim=32, layers=1, heads=2)
     results = evaluate(model, _loader(dataset, 32))
-    assert set(results) == {"regular", "partial", "extra"}
-    assert set(results["partial"]) == {"0.25", "0.5", "0.75"}
-    for metrics in [results["regular"], results["extra"], *results["partial"].values()]:
+    assert set(results) == {"regular", "partial", "positives", "extra"}
+    assert set(results["partial"]) == set(results["positives"]) == {"0.25", "0.5", "0.75"}
+    assert "untold_mAP" not in results["regular"] and "gain" not in results["regular"]
+    told = [results["extra"], *results["partial"].values(), *results["positives"].values()]
+    for metrics in [results["regular"], *told]:
         assert set(METRIC_KEYS) <= set(metrics)
         assert metrics["n_images"] == NUM_IMAGES
         for key in METRIC_KEYS:
             assert 0.0 <= metrics[key] <= 100.0, key
+    for metrics in told:
+        assert list(metrics)[:3] == ["mAP", "untold_mAP", "gain"]
+        assert metrics["gain"] == pytest.approx(metrics["mAP"] - metrics["untold_mAP"])
+    assert results["extra"]["untold_mAP"] == results["regular"]["mAP"]  # extras: regular's entries
     assert not model.training  # evaluation leaves the model in eval mode
 
 
 def test_partial_metrics_score_only_unknown_labels(dataset):
+    """Told settings score exactly the base logits on the labels left unknown; this model changes no
+    unknown label's logit, so measured on the same entries being told gains exactly nothing."""
     model = CheatingModel()
     seed = 5
     results = evaluate(model, _loader(dataset, 16), seed=seed)
@@ -118,14 +148,18 @@ def test_partial_metrics_score_only_unknown_labels(dataset):
         assert results["regular"][key] == pytest.approx(regular[key], abs=1e-9)
         # Revealing the extras changes no target logit of this model, and no target is masked.
         assert results["extra"][key] == pytest.approx(regular[key], abs=1e-9)
+    assert results["extra"]["gain"] == 0
 
-    for fraction in (0.25, 0.5, 0.75):
-        states = evaluation_states(targets, indices, fraction, seed)
+    for kind, fraction in [(kind, f) for kind in ("partial", "positives") for f in (0.25, 0.5, 0.75)]:
+        draw = evaluation_states if kind == "partial" else positive_states
+        states = draw(targets, indices, fraction, seed)
         unknown = states == UNKNOWN
         expected = multilabel_metrics(base, targets, mask=unknown)
-        got = results["partial"][f"{fraction:g}"]
+        got = results[kind][f"{fraction:g}"]
         for key in METRIC_KEYS:
-            assert got[key] == pytest.approx(expected[key], abs=1e-9), (fraction, key)
+            assert got[key] == pytest.approx(expected[key], abs=1e-9), (kind, fraction, key)
+        assert got["untold_mAP"] == pytest.approx(expected["mAP"], abs=1e-9)
+        assert got["gain"] == pytest.approx(0.0, abs=1e-9)  # on other entries it would read as a change
         # Scoring the revealed labels too would have inflated the result: the check has teeth.
         cheated = torch.where(states == POSITIVE, 1.0, torch.where(states == NEGATIVE, 0.0, base))
         assert multilabel_metrics(cheated, targets)["mAP"] > expected["mAP"] + 5
@@ -141,10 +175,10 @@ def test_collect_scores_mask_is_false_exactly_on_revealed(dataset):
         assert probs.shape == truth.shape == scored.shape == (NUM_IMAGES, NUM_TARGETS)
         assert torch.equal(truth, targets)
         assert ((probs >= 0) & (probs <= 1)).all()
-        revealed = evaluation_states(targets, indices, setting.known_fraction, 1) != UNKNOWN
+        states = input_states(setting, targets, torch.zeros(NUM_IMAGES, NUM_EXTRAS), indices, 1)
+        revealed = states[:, :NUM_TARGETS] != UNKNOWN
         assert torch.equal(scored, ~revealed), setting.name
-        if setting.known_fraction == 0:
-            assert scored.all()
+        assert bool(scored.all()) is not setting.reveals_targets
 
 
 def test_encode_runs_once_per_batch(dataset):

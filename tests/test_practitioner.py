@@ -105,7 +105,9 @@ def test_baseline_trains_and_evaluates_through_the_cli(tmp_path: Path) -> None:
     )
     assert run.returncode == 0, run.stderr
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["settings"].keys() == {"regular", "partial"}  # a plain CNN cannot use extra labels
+    assert metrics["settings"].keys() == {"regular", "partial", "positives"}  # a plain CNN takes no extras
+    for told in [*metrics["settings"]["partial"].values(), *metrics["settings"]["positives"].values()]:
+        assert told["gain"] == pytest.approx(0.0, abs=1e-9)  # and ignores what it is told
     payload = read_checkpoint(out / "best.pt")
     assert payload["model_config"]["kind"] == "baseline" and payload["model_config"]["num_labels"] == 16
     report = tmp_path / "eval.json"

@@ -20,8 +20,9 @@ LABELS = [f"tag{i:02d}" for i in range(60)]
 FRACTIONS = (0.25, 0.5, 0.75)
 
 
-def _write_split(root: Path, split: str, count: int, rng: np.random.Generator) -> list[int]:
-    """``count`` 16 x 16 images, each naming 2-8 labels (about a third positive); returns each image's A."""
+def _write_split(root: Path, split: str, count: int, rng: np.random.Generator) -> list[tuple[int, int]]:
+    """``count`` 16 x 16 images, each naming 2-8 labels (about a third positive); returns each image's
+    (annotated A, present P)."""
     rows, annotated = ["image,labels"], []
     for i in range(count):
         names = rng.choice(LABELS, size=int(rng.integers(2, 9)), replace=False)
@@ -29,14 +30,14 @@ def _write_split(root: Path, split: str, count: int, rng: np.random.Generator) -
         color = tuple(int(c) for c in rng.integers(0, 256, 3))
         Image.new("RGB", (16, 16), color).save(root / f"{split}{i}.png")
         rows.append(f"{split}{i}.png,{';'.join(tags)}")
-        annotated.append(len(names))
+        annotated.append((len(names), sum(not tag.startswith("-") for tag in tags)))
     (root / f"{split}.csv").write_text("\n".join(rows) + "\n")
     return annotated
 
 
 @pytest.fixture(scope="module")
-def sparse_run(tmp_path_factory) -> tuple[Path, Path, list[int]]:
-    """A one-epoch ``ctran train`` on the sparse set: (data folder, run folder, test images' A_i)."""
+def sparse_run(tmp_path_factory) -> tuple[Path, Path, list[tuple[int, int]]]:
+    """A one-epoch ``ctran train`` on the sparse set: (data folder, run folder, test images' (A_i, P_i))."""
     root, out = tmp_path_factory.mktemp("sparse"), tmp_path_factory.mktemp("run")
     rng = np.random.default_rng(0)
     (root / "labels.txt").write_text("\n".join(LABELS) + "\n")
@@ -47,24 +48,29 @@ def sparse_run(tmp_path_factory) -> tuple[Path, Path, list[int]]:
     args += ["--quiet", "data.image_size=16", "data.scale_size=null", "data.options={unlisted: unknown}"]
     args += ["model.dim=16", "model.layers=1", "model.heads=2", "train.epochs=1", "train.batch_size=8"]
     args += ["eval.batch_size=8", f"eval.known_fractions=[{','.join(map(str, FRACTIONS))}]"]
+    args += [f"eval.known_positives=[{','.join(map(str, FRACTIONS))}]"]
     with contextlib.redirect_stdout(io.StringIO()):
         assert main(args) == 0
     return root, out, annotated
 
 
 def test_train_scores_every_partial_setting_on_sparse_annotations(sparse_run) -> None:
-    """Each test image reveals int(f * A_i) of its A_i annotated labels: the partial rows of metrics.json
-    are finite and score the rest (a count over all 60 labels would reveal every annotation: NaN)."""
-    _, out, annotated = sparse_run
+    """Each test image reveals int(f * A_i) of its A_i annotated labels (partial) or int(f * P_i) of its P_i
+    present ones (positives): those rows of metrics.json are finite, score the rest (a count over all 60
+    labels would reveal every annotation: NaN) and say what being told gained on those same entries."""
+    _, out, counts = sparse_run
     settings = json.loads((out / "metrics.json").read_text())["settings"]
-    assert settings["regular"]["n_entries"] == sum(annotated)
-    for fraction in FRACTIONS:
-        metrics = settings["partial"][f"{fraction:g}"]
-        assert metrics["n_entries"] == sum(a - int(fraction * a) for a in annotated), fraction
-        assert metrics["n_images"] == len(annotated)
+    assert settings["regular"]["n_entries"] == sum(a for a, _ in counts)
+    assert "untold_mAP" not in settings["regular"]
+    for kind, fraction in [(kind, f) for kind in ("partial", "positives") for f in FRACTIONS]:
+        metrics = settings[kind][f"{fraction:g}"]
+        pool = 0 if kind == "partial" else 1  # what int(f * n) counts: annotated or present labels
+        assert metrics["n_entries"] == sum(c[0] - int(fraction * c[pool]) for c in counts), (kind, fraction)
+        assert metrics["n_images"] == len(counts)
         assert (
             math.isfinite(metrics["mAP"]) and metrics["n_labels_scored"] > 0 and "not_scored" not in metrics
         )
+        assert metrics["gain"] == pytest.approx(metrics["mAP"] - metrics["untold_mAP"])
 
 
 def test_evaluate_says_not_scored_instead_of_nan(sparse_run, tmp_path: Path) -> None:
@@ -89,4 +95,5 @@ def test_evaluate_says_not_scored_instead_of_nan(sparse_run, tmp_path: Path) -> 
         settings = json.loads(text)["settings"]
         for metrics in (settings["regular"], settings["partial"]["0.5"]):
             assert metrics["not_scored"] == reason and metrics["mAP"] is None
+        assert settings["partial"]["0.5"]["untold_mAP"] is None and settings["partial"]["0.5"]["gain"] is None
         assert printed.getvalue().count(f"not scored: {reason}") == 2

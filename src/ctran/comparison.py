@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ctran.errors import CTranError
-from ctran.report import settings_by_name
+from ctran.report import COLUMN_NAMES, SAME_ENTRIES, settings_by_name
 
-TABLE_KEYS = ("mAP", "CP", "CR", "CF1", "OP", "OR", "OF1")
+TABLE_KEYS = ("mAP", *SAME_ENTRIES, "CP", "CR", "CF1", "OP", "OR", "OF1")
+"""The full table's columns; ``untold_mAP`` and ``gain`` (told settings only) are "-" elsewhere."""
 RUN_KEYS = ("model", "backbone", "data", "epochs", "label_mask", "best_epoch", "train_seconds", "checkpoint")
 """What the last table says about each run (train_seconds rounded to whole seconds)."""
 
@@ -149,10 +150,11 @@ def _notes(table: dict[str, dict]) -> list[str]:
     return notes
 
 
-def _cell(value: float | None, bold: bool = False) -> str:
+def _cell(value: float | None, bold: bool = False, signed: bool = False) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
-    return f"**{value:.1f}**" if bold else f"{value:.1f}"
+    text = f"{value:+.1f}" if signed else f"{value:.1f}"
+    return f"**{text}**" if bold else text
 
 
 def _info_cell(value: object) -> str:
@@ -170,15 +172,17 @@ def markdown(comparison: dict, metric: str = "mAP") -> str:
         values = [None if row[n] is None else row[n].get(metric) for n in names]
         finite = [v for v in values if v is not None and not math.isnan(v)]
         best = max(finite) if len(finite) > 1 else None
-        lines.append(f"| {setting} | " + " | ".join(_cell(v, v == best) for v in values) + " |")
-    lines += ["", f"| setting | run | images | labels | {' | '.join(TABLE_KEYS)} |"]
+        cells = (_cell(v, v == best, metric == "gain") for v in values)
+        lines.append(f"| {setting} | " + " | ".join(cells) + " |")
+    headers = " | ".join(COLUMN_NAMES.get(k, k) for k in TABLE_KEYS)
+    lines += ["", f"| setting | run | images | labels | {headers} |"]
     lines.append("|---|---|---:|---:|" + "---:|" * len(TABLE_KEYS))
     for setting, row in comparison["settings"].items():
         for name in names:
             m = row[name]
             if m is not None:
                 cells = [str(m.get("n_images", "-")), str(m.get("n_labels_scored", "-"))]
-                cells += [_cell(m.get(k)) for k in TABLE_KEYS]
+                cells += [_cell(m.get(k), signed=k == "gain") for k in TABLE_KEYS]
                 lines.append(f"| {setting} | {name} | " + " | ".join(cells) + " |")
     runs = comparison["runs"]
     keys = [k for k in RUN_KEYS if any(run.get(k) is not None for run in runs)]

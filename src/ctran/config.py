@@ -169,10 +169,13 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    """Which inference settings the final test evaluation reports."""
+    """Which inference settings the final test evaluation reports (each told one with ``untold_mAP`` and
+    ``gain``: the same entries scored with nothing told, and the difference)."""
 
     # each < 1: revealing every label would leave nothing to score
     known_fractions: list[Annotated[float, BELOW_ONE]] = field(default_factory=lambda: [0.25, 0.5, 0.75])
+    # of each image's present labels (what a tagged library knows; the rest unknown); 0 is skipped
+    known_positives: list[Annotated[float, FRACTION]] = field(default_factory=lambda: [0.25, 0.5, 0.75])
     extra: bool = True  # also the extra-label setting when the dataset has extra labels
     batch_size: PositiveInt = 64
 

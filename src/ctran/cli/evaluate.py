@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 from ctran.cli.args import DATASET_FORMATS, add_quiet_flag, dataset_options, positive, show_progress
@@ -14,16 +15,22 @@ EXTRA_CHOICES = ("no", "yes", "both")
 def register(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser(
         "evaluate",
-        help="evaluate a checkpoint on a dataset: regular, partial and extra-label settings, in one pass",
+        help="evaluate a checkpoint on a dataset: regular, partial, known-positives and extra-label "
+        "settings, in one pass",
         description="Evaluate a checkpoint in one or several settings; the backbone runs once per image for "
-        "all of them. --known P reveals a fraction P of each image's annotated target labels (the same "
-        "labels for every run and model); a list (--known 0,0.25,0.5,0.75) scores each fraction. --extra "
-        "reveals every extra label in each of those settings (--extra both: each with and without). "
-        "Settings are named regular, partial_0.5, extra, partial_0.5+extra. Metrics are in percent, over the "
-        "labels left unknown; the table says how many images and labels each setting scored ('not scored: "
-        "...' when nothing was left to score), and --json adds the AP of every label.",
+        "all of them. --known P reveals a fraction P of each image's annotated target labels, positive or "
+        "negative (the paper's protocol: mostly negatives); --known-positives P reveals a fraction P of its "
+        "present labels only (what a tagged library knows). Both draw the same labels for every run and "
+        "model; a list (--known 0,0.25,0.5,0.75) scores each fraction. --extra reveals every extra label in "
+        "each of those settings (--extra both: each with and without). Settings are named regular, "
+        "partial_0.5, positives_0.5, extra, partial_0.5+extra, positives_0.5+extra. Metrics are in percent, "
+        "over the labels left unknown; every told setting also shows 'untold', the mAP of the same entries "
+        "when nothing is told, and 'gain', its mAP minus untold: what being told does, measured on the same "
+        "entries told vs not told. The table says how many images and labels each setting scored ('not "
+        "scored: ...' when nothing was left to score), and --json adds the AP of every label.",
         epilog="examples:\n"
         "  ctran evaluate --checkpoint runs/demo/ctran.pt --known 0,0.25,0.5,0.75 --extra both\n"
+        "  ctran evaluate --checkpoint runs/demo/ctran.pt --known 0.5 --known-positives 0.25,0.5,0.75\n"
         "  ctran evaluate --checkpoint runs/voc/best.pt --data voc --data-root /data/VOCdevkit --known 0.5",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -54,10 +61,18 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--known",
-        default="0",
+        default=None,
         metavar="P[,P...]",
-        help="fractions of each image's annotated target labels known, each in [0, 1), comma-separated "
-        "(default: 0, regular)",
+        help="uniform, the paper's protocol: fractions of each image's annotated target labels known "
+        "(positives and negatives alike), each in [0, 1), comma-separated (default: 0, regular, unless "
+        "--known-positives is given)",
+    )
+    p.add_argument(
+        "--known-positives",
+        default=None,
+        metavar="P[,P...]",
+        help="what a tagged library has: fractions of each image's present target labels known (never a "
+        "negative), each in (0, 1], comma-separated",
     )
     p.add_argument(
         "--extra",
@@ -81,26 +96,35 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
-def parse_fractions(text: str) -> list[float]:
-    """``"0,0.25,0.5"`` -> ``[0.0, 0.25, 0.5]``: each in [0, 1), duplicates dropped, order kept."""
+def parse_fractions(text: str, option: str = "--known") -> list[float]:
+    """``"0,0.25,0.5"`` -> ``[0.0, 0.25, 0.5]``, duplicates dropped, order kept: each in [0, 1) for
+    ``--known`` (every label known leaves nothing to score), in (0, 1] for ``--known-positives`` (0 is
+    regular)."""
     try:
         fractions = [float(part) for part in text.split(",") if part.strip()]
     except ValueError:
         fractions = []
     if not fractions:
-        raise CTranError(f"--known expects fractions like 0.5 or 0,0.25,0.5, got {text!r}")
+        raise CTranError(f"{option} expects fractions like 0.5 or 0.25,0.5, got {text!r}")
+    of_present = option == "--known-positives"
     for fraction in fractions:
-        if not 0.0 <= fraction < 1.0:
-            raise CTranError(f"--known fractions must be in [0, 1), got {fraction:g}")
+        if not (0.0 < fraction <= 1.0 if of_present else 0.0 <= fraction < 1.0):
+            raise CTranError(
+                f"{option} fractions must be in {'(0, 1]' if of_present else '[0, 1)'}, got {fraction:g}"
+            )
     return list(dict.fromkeys(fractions))
 
 
-def requested_settings(known: str, extra: str) -> list:
-    """The settings of one ``evaluate`` call: every fraction, with extras per ``--extra no|yes|both``."""
+def requested_settings(known: str | None, extra: str, positives: str | None = None) -> list:
+    """The settings of one ``evaluate`` call: every ``--known`` fraction (0, regular, when neither option
+    is given), then every ``--known-positives`` one, with extras per ``--extra no|yes|both``."""
     from ctran.training.evaluation import Setting
 
+    uniform = parse_fractions(known) if known is not None else [] if positives is not None else [0.0]
+    present = parse_fractions(positives, "--known-positives") if positives is not None else []
+    told = [Setting(fraction) for fraction in uniform] + [Setting(known_positives=f) for f in present]
     reveal = {"no": (False,), "yes": (True,), "both": (False, True)}[extra]
-    return [Setting(fraction, shown) for shown in reveal for fraction in parse_fractions(known)]
+    return [dataclasses.replace(setting, reveal_extras=shown) for shown in reveal for setting in told]
 
 
 def eval_split(args: argparse.Namespace) -> str:
@@ -161,7 +185,7 @@ def run(args: argparse.Namespace) -> int:
     from ctran.training.evaluation import evaluate
     from ctran.training.loaders import eval_loader
 
-    settings = requested_settings(args.known, args.extra)  # argument mistakes before loading anything
+    settings = requested_settings(args.known, args.extra, args.known_positives)  # mistakes before loading
     device = resolve_device(args.device)
     model, meta = load_checkpoint(args.checkpoint, device)
     seed = evaluation_seed(args, meta)
@@ -176,6 +200,8 @@ def run(args: argparse.Namespace) -> int:
     rows = settings_by_name(results)
     where = f"{args.checkpoint} on {args.data} {eval_split(args)}"
     print(f"{where}; metrics in %, over the labels left unknown")
+    if any(setting.name != "regular" for setting in settings):
+        print("untold: mAP of the same entries with nothing told; gain: mAP - untold")
     print(f"initial weights: {describe_weights(meta.get('pretrained_weights'))}\n")
     print(metrics_table(rows, counts=True))
     if args.json:
@@ -184,6 +210,7 @@ def run(args: argparse.Namespace) -> int:
             **rows[first.name],
             "setting": first.name,
             "known": first.known_fraction,
+            "known_positives": first.known_positives,
             "extra": first.reveal_extras,
             "checkpoint": str(args.checkpoint),
             "data": args.data,

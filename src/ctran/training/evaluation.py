@@ -1,9 +1,17 @@
-"""Evaluate a model in the three inference settings, running the backbone once per image.
+"""Evaluate a model in the inference settings, running the backbone once per image.
 
-A ``Setting`` says which labels the model is told: ``regular`` (none), ``partial_P`` (a fraction P of the
-target labels, chosen per image from the seed), ``extra`` (all extra labels) and ``partial_P+extra`` (both).
-Each batch is encoded once and only the label tokens + transformer + readout run again per setting, so
-scoring several settings in one call gives exactly the numbers of one call per setting.
+A ``Setting`` says which labels the model is told: ``regular`` (none), ``partial_P`` (a fraction P of each
+image's annotated target labels, chosen per image from the seed: the paper's protocol), ``positives_P`` (a
+fraction P of its present labels: what a tagged library knows), ``extra`` (all extra labels) and
+``partial_P+extra`` / ``positives_P+extra`` (both). Each batch is encoded once and only the label tokens +
+transformer + readout run again per setting, so scoring several settings in one call gives exactly the
+numbers of one call per setting.
+
+Told vs not told on the same entries: a told setting is scored on the entries left unknown, a different
+subset from regular's (revealing labels removes test positives; a rare label can drop out of the mean), so
+its mAP mixes what being told does with which entries are scored. Every told setting therefore also reports
+``untold_mAP``, the regular (nothing told) probabilities scored on exactly its entries, and ``gain``, its
+mAP minus that: the effect of being told alone. The regular pass always runs for it.
 
 Memory: what a pass keeps (``EvalScores``) lives in temporary files laid out in label blocks, truth once as
 int8 and, per setting, float32 probabilities and the revealed labels; metrics read one block of labels of
@@ -35,34 +43,63 @@ from ctran.metrics import (
 from ctran.report import add_setting, mark_not_scored, setting_name
 from ctran.states import UNKNOWN
 from ctran.training.distributed import DistContext, broadcast_from_main, gather_to_main
-from ctran.training.label_mask import evaluation_states
+from ctran.training.label_mask import evaluation_states, positive_states
 from ctran.training.precision import autocast
 
 
 @dataclass(frozen=True)
 class Setting:
-    """What is revealed at inference: a fraction of the targets, and/or every extra label."""
+    """What is revealed at inference: a fraction of the targets, either of every annotated one
+    (``known_fraction``, the paper's protocol) or of the present ones (``known_positives``), and/or every
+    extra label."""
 
     known_fraction: float = 0.0
     reveal_extras: bool = False
+    known_positives: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.known_fraction and self.known_positives:
+            raise ValueError("a setting knows a fraction of all labels or of the present ones, not both")
 
     @property
     def name(self) -> str:
-        """``regular``, ``partial_0.5``, ``extra`` or ``partial_0.5+extra``."""
-        return setting_name(self.known_fraction, self.reveal_extras)
+        """``regular``, ``partial_0.5``, ``positives_0.5``, ``extra``, ``partial_0.5+extra`` ..."""
+        return setting_name(self.known_fraction, self.reveal_extras, self.known_positives)
+
+    @property
+    def reveals_targets(self) -> bool:
+        """Whether some target labels are told (so the scored entries differ from regular's)."""
+        return self.known_fraction > 0 or self.known_positives > 0
 
 
-def standard_settings(fractions: Iterable[float] = (0.25, 0.5, 0.75), extra: bool = True) -> list[Setting]:
-    """Regular, each partial fraction, and (when the dataset has extra labels) extra."""
-    settings = [Setting()] + [Setting(known_fraction=f) for f in fractions if f > 0]
+REGULAR = Setting()
+
+
+def standard_settings(
+    fractions: Iterable[float] = (0.25, 0.5, 0.75),
+    extra: bool = True,
+    positives: Iterable[float] = (0.25, 0.5, 0.75),
+) -> list[Setting]:
+    """Regular, each partial fraction, each fraction of the present labels, and (when the dataset has extra
+    labels) extra."""
+    settings = [REGULAR] + [Setting(known_fraction=f) for f in fractions if f > 0]
+    settings += [Setting(known_positives=f) for f in positives if f > 0]
     return [*settings, Setting(reveal_extras=True)] if extra else settings
+
+
+def with_regular(settings: list[Setting]) -> list[Setting]:
+    """The settings plus the regular one when absent: every told setting's ``untold_mAP`` reads it."""
+    return settings if REGULAR in settings else [*settings, REGULAR]
 
 
 def input_states(
     setting: Setting, targets: torch.Tensor, extras: torch.Tensor, indices: torch.Tensor, seed: int
 ) -> torch.Tensor:
     """The (B, T + E) states fed to the model for one setting."""
-    known_targets = evaluation_states(targets, indices, setting.known_fraction, seed)
+    if setting.known_positives:
+        known_targets = positive_states(targets, indices, setting.known_positives, seed)
+    else:
+        known_targets = evaluation_states(targets, indices, setting.known_fraction, seed)
     known_extras = extras if setting.reveal_extras else torch.full_like(extras, UNKNOWN)
     return torch.cat([known_targets, known_extras], dim=1)
 
@@ -132,7 +169,8 @@ class LabelBlockFile:
 
 class EvalScores(Mapping):
     """What one evaluation pass keeps, in label-block files: image indices (N,), the truth once (int8) and,
-    per setting, target probabilities (float32) and the labels revealed to the model (partial settings).
+    per setting, target probabilities (float32) and the labels revealed to the model (settings that reveal
+    targets).
 
     An entry is scored iff annotated and not revealed (``label_mask.scored_mask``). Metrics read one block
     of labels at a time (``metrics``, ``map_and_thresholds``); ``scores[setting]`` gives the whole
@@ -148,7 +186,7 @@ class EvalScores(Mapping):
         self.truth = LabelBlockFile(max_rows, np.int8, blocks)
         self.probs = {s: LabelBlockFile(max_rows, np.float32, blocks) for s in self.settings}
         self.revealed = {
-            s: LabelBlockFile(max_rows, np.bool_, blocks) for s in self.settings if s.known_fraction > 0
+            s: LabelBlockFile(max_rows, np.bool_, blocks) for s in self.settings if s.reveals_targets
         }
 
     @property
@@ -178,14 +216,31 @@ class EvalScores(Mapping):
         for block in self.blocks:
             yield self.probs[setting].read(block), self.truth.read(block), self._mask(setting, block)
 
-    def metrics(self, label_names: Sequence[str] | None = None) -> dict[Setting, dict]:
-        """``multilabel_metrics`` of every setting, one label block at a time (truth read once a block)."""
-        totals = {s: LabelChunkMetrics(self.rows, self.num_labels) for s in self.settings}
+    def metrics(
+        self, label_names: Sequence[str] | None = None, settings: Sequence[Setting] | None = None
+    ) -> dict[Setting, dict]:
+        """``multilabel_metrics`` of ``settings`` (None: every one kept), one label block at a time (truth
+        and the regular probabilities read once a block).
+
+        When the regular probabilities were kept, every other setting also gets ``untold_mAP``, their mAP
+        over exactly this setting's scored entries, and ``gain``, its mAP minus that (percent points).
+        """
+        settings = self.settings if settings is None else settings
+        totals = {s: LabelChunkMetrics(self.rows, self.num_labels) for s in settings}
+        untold = {s: [] for s in settings if s != REGULAR} if REGULAR in self.probs else {}
         for block in self.blocks:
             truth = self.truth.read(block)
+            regular = self.probs[REGULAR].read(block) if REGULAR in self.probs else None
             for setting, total in totals.items():
-                total.add(self.probs[setting].read(block), truth, self._mask(setting, block))
-        return {setting: total.result(label_names) for setting, total in totals.items()}
+                mask = self._mask(setting, block)
+                probs = regular if setting == REGULAR else self.probs[setting].read(block)
+                total.add(probs, truth, mask)
+                if setting in untold:
+                    untold[setting].append(average_precision(regular, truth, mask))  # (width,)
+        results = {setting: total.result(label_names) for setting, total in totals.items()}
+        for setting, ap in untold.items():
+            results[setting] = _with_untold(results[setting], mean_ap_percent(torch.cat(ap)))
+        return results
 
     def map_and_thresholds(self, setting: Setting) -> tuple[float, list[float]]:
         """mAP (percent) and per-label F1-best thresholds of one setting, one label block at a time."""
@@ -232,6 +287,11 @@ class EvalScores(Mapping):
 
     def __len__(self) -> int:
         return len(self.settings)
+
+
+def _with_untold(metrics: dict, untold_map: float) -> dict:
+    """A told setting's metrics with ``untold_mAP`` and ``gain`` right after its mAP."""
+    return {"mAP": metrics["mAP"], "untold_mAP": untold_map, "gain": metrics["mAP"] - untold_map, **metrics}
 
 
 @torch.inference_mode()
@@ -282,19 +342,24 @@ def evaluate(
     label_names: Sequence[str] | None = None,
 ) -> dict:
     """Metrics (percent) per setting, nested by kind (``ctran.report.iter_settings`` reads them back):
-    ``{"regular": {...}, "partial": {"0.5": {...}}, "extra": {...}, "partial_extra": {"0.5": {...}}}``.
+    ``{"regular": {...}, "partial": {"0.5": {...}}, "positives": {"0.5": {...}}, "extra": {...},
+    "partial_extra": {"0.5": {...}}, "positives_extra": {"0.5": {...}}}``.
 
     Each setting's metrics hold ``per_label`` AP and positives, named by ``label_names`` (default: the
     loader's dataset's ``target_names``); a setting with nothing to score says so (``not_scored``) instead
-    of holding NaN. Under torchrun each process scores its shard, rank 0 gathers the rows and computes the
-    metrics, and every process returns them.
+    of holding NaN. Every setting but regular also holds ``untold_mAP`` and ``gain`` (see the module's
+    docstring): the regular pass runs for them even when regular is not asked for, and is then not reported.
+    Under torchrun each process scores its shard, rank 0 gathers the rows and computes the metrics, and
+    every process returns them.
     """
     settings = settings or standard_settings()
     names = label_names if label_names is not None else getattr(loader.dataset, "target_names", None)
-    scores = collect_scores(model, loader, settings, seed, device, precision, progress).gathered(ctx)
+    scores = collect_scores(model, loader, with_regular(settings), seed, device, precision, progress)
+    scores = scores.gathered(ctx)
     results = None
     if scores is not None:
         results = {}
-        for setting, metrics in scores.metrics(names).items():
-            add_setting(results, setting.known_fraction, setting.reveal_extras, mark_not_scored(metrics))
+        for setting, metrics in scores.metrics(names, settings).items():
+            known, extra, positives = setting.known_fraction, setting.reveal_extras, setting.known_positives
+            add_setting(results, known, extra, mark_not_scored(metrics), positives)
     return broadcast_from_main(results, ctx) if ctx is not None else results

@@ -6,10 +6,12 @@ All functions take ground truth ``truth`` (B, L) in {-1, 0, 1} (-1: not annotate
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 
-from ctran.states import UNKNOWN
+from ctran.states import POSITIVE, UNKNOWN
 
 
 def sample_training_states(
@@ -55,18 +57,50 @@ def evaluation_states(
     known sets. The count follows what the image has, not the L labels: on sparse annotations (Open Images,
     ``unlisted=unknown``, ``data.keep_annotations``) a count over L would reveal every annotation and leave
     nothing to score. On fully annotated data A = L, so the known sets are the ones ``int(fraction * L)``
-    always gave.
+    always gave. This is the paper's protocol: the known labels are mostly negatives.
     """
+    return _reveal_per_image(truth, truth != UNKNOWN, indices, fraction, lambda index: [seed, index])
+
+
+def positive_states(
+    truth: torch.Tensor, indices: torch.Tensor | list[int], fraction: float, seed: int
+) -> torch.Tensor:
+    """Reveal ``int(fraction * P)`` of each image's P present labels (truth 1), chosen from (seed, image
+    index) alone; every other label stays unknown, so no negative or unannotated label is ever told.
+
+    What a tagged library has: some of each image's true tags, never its absent ones. The draw is a child
+    stream of ``evaluation_states``' (numpy's ``spawn_key``; 1 is the random crops' in ``loaders``), so it
+    is not the uniform draw restricted to positives; a trailing 0 on the uniform key would be, since numpy
+    pads keys with zeros.
+    """
+    return _reveal_per_image(
+        truth,
+        truth == POSITIVE,
+        indices,
+        fraction,
+        lambda index: np.random.SeedSequence([seed, index], spawn_key=(2,)),
+    )
+
+
+def _reveal_per_image(
+    truth: torch.Tensor,
+    pool: torch.Tensor,
+    indices: torch.Tensor | list[int],
+    fraction: float,
+    key: Callable[[int], object],
+) -> torch.Tensor:
+    """States that reveal ``int(fraction * n)`` of the n labels in each row's ``pool`` (B, L), the first of
+    a permutation drawn from ``key(image index)``; the rest unknown."""
     states = torch.full_like(truth, UNKNOWN)
     if fraction <= 0:
         return states
-    truth_cpu = truth.cpu()
+    pool_cpu = pool.cpu()
     for row, index in enumerate(torch.as_tensor(indices).tolist()):
-        annotated = torch.nonzero(truth_cpu[row] != UNKNOWN).flatten().numpy()
-        count = int(fraction * annotated.size)
+        candidates = torch.nonzero(pool_cpu[row]).flatten().numpy()
+        count = int(fraction * candidates.size)
         if count == 0:
             continue
-        chosen = torch.as_tensor(np.random.default_rng([seed, index]).permutation(annotated)[:count])
+        chosen = torch.as_tensor(np.random.default_rng(key(index)).permutation(candidates)[:count])
         chosen = chosen.to(truth.device)
         states[row, chosen] = truth[row, chosen]
     return states

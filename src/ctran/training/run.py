@@ -138,10 +138,13 @@ def final_evaluation(
     model: nn.Module, test_set: LabeledImages, config: Config, ctx: DistContext, precision: str = "fp32"
 ) -> dict:
     """Test metrics in every configured setting, regular at the top level (no extra setting for a model
-    that cannot take states: it would repeat the regular one)."""
+    that cannot take states: it would repeat the regular one). Told settings carry ``untold_mAP`` and
+    ``gain`` (``ctran.training.evaluation``)."""
     takes_states = getattr(model, "takes_states", True)
     settings = standard_settings(
-        config.eval.known_fractions, extra=config.eval.extra and bool(test_set.extra_names) and takes_states
+        config.eval.known_fractions,
+        extra=config.eval.extra and bool(test_set.extra_names) and takes_states,
+        positives=config.eval.known_positives,
     )
     loader = eval_loader(test_set, config.eval.batch_size, ctx, config.data.num_workers)
     results = evaluate(model, loader, settings, config.seed, ctx.device, precision, ctx=ctx)
