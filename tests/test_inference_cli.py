@@ -117,6 +117,55 @@ def test_suggest_lists_the_labels_to_ask_next(tiny_checkpoint: Path, photos: Pat
     assert "suggest" not in json.loads(out)[0]  # only when asked
 
 
+def test_known_labels_show_how_far_they_moved_the_others(
+    tiny_checkpoint: Path, photos: Path, tmp_path: Path, capsys
+) -> None:
+    predictor = ctran.load(tiny_checkpoint)
+    base = ["--checkpoint", str(tiny_checkpoint), str(photos / "a.png"), str(photos / "b.jpg")]
+    told = ["--known", "dog=1,car=0", "--extra", "indoor=1"]
+    code, out, _ = _predict(capsys, *base, *told, "--format", "json", "--json", str(tmp_path / "r.json"))
+    assert code == 0
+    rows = json.loads(out)
+    assert json.loads((tmp_path / "r.json").read_text()) == rows
+    for row, name in zip(rows, ("a.png", "b.jpg"), strict=True):
+        moved = row["moved_by_known"]
+        without = predictor.predict(photos / name)[0].probs  # the explicit prediction told nothing
+        assert {c["label"] for c in moved["overall"]} == {"cat", "person"}
+        for change in moved["overall"]:
+            label = change["label"]
+            assert change["p_without"] == pytest.approx(without[label], abs=1e-6)
+            assert change["p_with"] == pytest.approx(row["probs"][label], abs=1e-6)
+            assert change["delta"] == pytest.approx(row["probs"][label] - without[label], abs=1e-6)
+        assert max(abs(c["delta"]) for c in moved["overall"]) > 1e-4  # nonzero: the states reached the model
+        [expected] = predictor.influence(
+            predictor.encode(photos / name), {"dog": True, "car": False}, {"indoor": True}
+        )
+        assert list(moved["by_label"]) == ["dog", "car", "indoor"]
+        for label, changes in expected.by_label.items():
+            assert [c["label"] for c in moved["by_label"][label]] == [c.label for c in changes]
+            deltas = [c["delta"] for c in moved["by_label"][label]]
+            assert deltas == pytest.approx([c.delta for c in changes], abs=1e-6)
+
+    code, out, _ = _predict(capsys, *base, *told)
+    assert code == 0
+    lines = out.splitlines()
+    block = lines.index(f"telling the model moved ({photos / 'a.png'}):")
+    first = rows[0]["moved_by_known"]["overall"][0]
+    shown = f"{first['label']} {first['delta']:+.3f} ({first['p_without']:.3f} -> {first['p_with']:.3f})"
+    assert lines[block + 1].startswith(f"  {shown}")
+    assert [line.split(",")[0] for line in lines[block + 2 : block + 5]] == [
+        "  dog",
+        "  car",
+        "  indoor",
+    ]
+    assert f"telling the model moved ({photos / 'b.jpg'}):" in lines
+
+    code, out, _ = _predict(capsys, *base, "--format", "json")
+    assert "moved_by_known" not in json.loads(out)[0]  # only when something is told
+    code, out, _ = _predict(capsys, *base)
+    assert "telling the model moved" not in out
+
+
 def test_unreadable_files_are_reported_and_the_rest_processed(
     tiny_checkpoint: Path, photos: Path, capsys
 ) -> None:

@@ -206,6 +206,34 @@ def test_condition_matches_the_predictor_and_moves_the_other_labels(client: Test
     assert before["predictions"] == pytest.approx(upload(client, png_bytes(scene())).json()["predictions"])
 
 
+def test_condition_says_how_far_the_known_labels_moved_the_others(client: TestClient, predictor) -> None:
+    image_id = uploaded_id(client)
+    nothing = client.post(f"/api/images/{image_id}/condition", json={}).json()
+    assert nothing["moved_by_known"] is None
+    assert upload(client, png_bytes(scene())).json()["moved_by_known"] is None
+    known, extra = {"digit_3": True, "tag_sun": False}, {"context_beach": True}
+    body = client.post(f"/api/images/{image_id}/condition", json={"known": known, "extra": extra}).json()
+    moved = body["moved_by_known"]
+    assert len(moved["overall"]) == 5
+    for change in moved["overall"]:  # the difference of the two explicit predictions above
+        label = change["label"]
+        assert change["p_without"] == pytest.approx(nothing["predictions"][label], abs=1e-6)
+        assert change["p_with"] == pytest.approx(body["predictions"][label], abs=1e-6)
+        assert change["delta"] == pytest.approx(change["p_with"] - change["p_without"], abs=1e-6)
+    assert abs(moved["overall"][0]["delta"]) > 1e-3  # nonzero: the states reached the model
+    [expected] = predictor.influence(predictor.encode(scene()), known, extra)
+    assert [c["label"] for c in moved["overall"]] == [c.label for c in expected.overall]
+    assert list(moved["by_label"]) == ["digit_3", "tag_sun", "context_beach"]
+    all_but_sun = client.post(
+        f"/api/images/{image_id}/condition", json={"known": {"digit_3": True}, "extra": extra}
+    ).json()
+    for change in moved["by_label"]["tag_sun"]:  # leave-one-out: everything told but tag_sun
+        assert change["p_without"] == pytest.approx(all_but_sun["predictions"][change["label"]], abs=1e-6)
+        assert change["p_with"] == pytest.approx(body["predictions"][change["label"]], abs=1e-6)
+    schema = client.get("/openapi.json").json()["components"]["schemas"]
+    assert "moved_by_known" in schema["Predictions"]["properties"] and "MovedByKnown" in schema
+
+
 def test_condition_rejects_unknown_and_misplaced_labels(client: TestClient) -> None:
     image_id = uploaded_id(client)
     url = f"/api/images/{image_id}/condition"

@@ -1,10 +1,10 @@
 """``ctran serve`` in a real browser: Playwright drives Debian's headless Chromium against a live server.
 
 Upload a digit scene, see the probabilities, mark a label present (mouse) and another one by keyboard, see
-the other probabilities change, open a heat-map, download the JSON, and keep a screenshot (in ``tmp_path``);
-and answer "Ask next" twice by its buttons: the page must ask what ``Predictor.suggest`` ranks first.
-Playwright never downloads a browser here: it launches ``/usr/bin/chromium`` (``make venv`` installs it as
-root); without it the test is skipped.
+the other probabilities change and "Because you told it" list the largest changes, open a heat-map,
+download the JSON, and keep a screenshot (in ``tmp_path``); and answer "Ask next" twice by its buttons:
+the page must ask what ``Predictor.suggest`` ranks first. Playwright never downloads a browser here: it
+launches ``/usr/bin/chromium`` (``make venv`` installs it as root); without it the test is skipped.
 
 The README's screenshot comes from the same steps run by hand on the demo checkpoint:
 ``.venv/bin/python tests/test_serve_browser.py --checkpoint runs/demo/ctran.pt --out docs/serve.png``.
@@ -55,16 +55,19 @@ def drive(page, url: str, image: Path, shot: Path) -> dict:
     page.wait_for_selector("#status:has-text('above threshold')")
     before = probabilities(page)
     top = page.eval_on_selector("#targets .row", "row => row.dataset.label")  # ranked first
+    moved_shown_before = page.is_visible("#moved")
 
     page.click(f'#targets .row[data-label="{top}"] label.yes')
     page.wait_for_selector("#status:has-text('knowing 1 ')")
     after = probabilities(page)
+    moved = page.text_content("#moved-overall") if page.is_visible("#moved") else None
 
     second = next(name for name, p in after.items() if p and name != top)
     page.focus(f'#targets .row[data-label="{second}"] input[value=unknown]')
     page.keyboard.press("ArrowRight")  # radio groups move by arrow keys: unknown -> yes
     page.wait_for_selector("#status:has-text('knowing 2 ')")
     by_keyboard = page.eval_on_selector(f'#targets .row[data-label="{second}"] .prob', "p => p.textContent")
+    moved_by = page.eval_on_selector_all("#moved-by li", "items => items.map(li => li.textContent)")
 
     heat = next(name for name, p in probabilities(page).items() if p)
     page.click(f'#targets .row[data-label="{heat}"] .name')
@@ -83,6 +86,9 @@ def drive(page, url: str, image: Path, shot: Path) -> dict:
         "after": after,
         "second": second,
         "by_keyboard": by_keyboard,
+        "moved_shown_before": moved_shown_before,
+        "moved": moved,
+        "moved_by": moved_by,
         "heat": heat,
         "pressed": pressed,
         "shown": shown,
@@ -135,7 +141,8 @@ def test_tagging_in_a_real_browser(tmp_path: Path) -> None:
 
     image = tmp_path / "scene.png"
     scene(0).save(image)
-    app = create_app(ctran.load(make_digit_checkpoint(tmp_path)), allowed_hosts=LOOPBACK_HOSTS)
+    predictor = ctran.load(make_digit_checkpoint(tmp_path))
+    app = create_app(predictor, allowed_hosts=LOOPBACK_HOSTS)
     seen, problems, outside = browse(app, lambda page, url: drive(page, url, image, tmp_path / "serve.png"))
 
     print(f"screenshot: {tmp_path / 'serve.png'}")
@@ -151,6 +158,13 @@ def test_tagging_in_a_real_browser(tmp_path: Path) -> None:
     assert seen["saved"]["known"] == {top: True, seen["second"]: True}
     assert set(seen["saved"]["predictions"]) == set(seen["after"]) - {top, seen["second"]}
     assert (tmp_path / "serve.png").stat().st_size > 10_000
+    # "Because you told it": the largest changes the API reports, in points, shown only once told something
+    [moved] = predictor.influence(predictor.encode(scene(0)), {top: True})
+    minus = "\N{MINUS SIGN}"
+    points = [f"{'+' if c.delta >= 0 else minus}{100 * abs(c.delta):.1f} {c.label}" for c in moved.overall]
+    assert not seen["moved_shown_before"] and seen["moved"] == ", ".join(points)
+    assert [item.split(",")[0] for item in seen["moved_by"]] == [top, seen["second"]]
+    assert set(seen["saved"]["moved_by_known"]["by_label"]) == {top, seen["second"]}
 
 
 def main() -> None:

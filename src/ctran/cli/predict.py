@@ -132,7 +132,7 @@ def _run_predict(args: argparse.Namespace) -> int:
     if not paths:
         raise CTranError(f"no image files found in {', '.join(args.paths)}")
 
-    results, suggestions = [], []
+    results, suggestions, moved = [], [], []
     bars = show_progress(args.quiet) and len(paths) > batch_size
     with tqdm(total=len(paths), unit="img", desc="predict", disable=not bars) as bar:
         for start in range(0, len(paths), batch_size):
@@ -150,11 +150,15 @@ def _run_predict(args: argparse.Namespace) -> int:
                 if suggest:
                     found = predictor.suggest(features, known, extra, suggest, args.suggest_method)
                     suggestions += [[s.to_dict() for s in image] for image in found]
+                if known or extra:
+                    moved += [m.to_dict() for m in predictor.influence(features, known, extra)]
             bar.update(len(paths[start : start + batch_size]))
 
     rows = [_limited(r.to_dict(), top_k) for r in results]
     if suggest:
         rows = [{**row, "suggest": asked} for row, asked in zip(rows, suggestions, strict=True)]
+    if moved:
+        rows = [{**row, "moved_by_known": m} for row, m in zip(rows, moved, strict=True)]
     _emit(render(rows, args.format, predictor.target_names, top_k), args.output)
     if args.json:
         write_json(args.json, rows)
@@ -173,7 +177,8 @@ def _limited(row: dict, top_k: int | None) -> dict:
 
 def render(rows: list[dict], fmt: str, target_names: list[str], top_k: int | None = None) -> str:
     """The results as a Markdown table, JSON or CSV (one row per image, one column per target label); rows
-    with ``suggest`` (``--suggest``) get an "ask next" column."""
+    with ``suggest`` (``--suggest``) get an "ask next" column, and rows with ``moved_by_known`` (``--known``
+    or ``--extra``) a "telling the model moved" block under the table."""
     asking = bool(rows) and "suggest" in rows[0]
     if fmt == "json":
         import json
@@ -203,7 +208,27 @@ def render(rows: list[dict], fmt: str, target_names: list[str], top_k: int | Non
         labels = ", ".join(f"{n}{mark} {p:.2f}" for n, p, mark in shown) or "-"
         ask = f" {_asked(row['suggest'])} |" if asking else ""
         lines.append(f"| {row['image']} | {given} | {labels} |{ask}")
+    for row in rows:
+        if "moved_by_known" in row:
+            lines += ["", *_moved(row["image"], row["moved_by_known"])]
     return "\n".join(lines) + "\n"
+
+
+def _moved(image: str, moved: dict) -> list[str]:
+    """The "telling the model moved" block of one image: the largest changes of the other labels, then
+    each known label's own share when several were told (with one, it is the same list)."""
+    overall = ", ".join(
+        f"{c['label']} {c['delta']:+.3f} ({c['p_without']:.3f} -> {c['p_with']:.3f})"
+        for c in moved["overall"]
+    )
+    lines = [f"telling the model moved ({image}):", f"  {overall or '-'}"]
+    if len(moved["by_label"]) > 1:
+        for name, changes in moved["by_label"].items():
+            lines.append(
+                f"  {name}, given the others: "
+                + ", ".join(f"{c['label']} {c['delta']:+.3f}" for c in changes)
+            )
+    return lines
 
 
 def _asked(suggestions: list[dict]) -> str:

@@ -5,7 +5,8 @@
 """
 
 from ctran.inference.explain import Explanation
+from ctran.inference.influence import Change, Influence
 from ctran.inference.predictor import Features, Prediction, Predictor, load
 from ctran.inference.suggest import Suggestion
 
-__all__ = ["Explanation", "Features", "Prediction", "Predictor", "Suggestion", "load"]
+__all__ = ["Change", "Explanation", "Features", "Influence", "Prediction", "Predictor", "Suggestion", "load"]

@@ -9,6 +9,9 @@ dicts into label states, and returns per-image results in label names. Its work 
 ``suggest`` answers "which label should I tell you next?": it ranks the unknown target labels by how much
 knowing each is expected to reduce the uncertainty of the others, trying both answers for every candidate
 in one batch of ``condition`` rows over the cached features.
+
+``influence`` shows what telling the model something did: how far the known labels moved the other target
+labels, overall and each known label's own share, from K + 2 state rows decoded in one batch.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from ctran.data.transforms import eval_transform, load_image
 from ctran.devices import resolve_device
 from ctran.errors import CTranError
 from ctran.inference.explain import Explanation, explain_attention
+from ctran.inference.influence import DEFAULT_TOP, Influence, influence_rows, summarise
 from ctran.inference.known import LabelSpec, label_states, unknown_label
 from ctran.inference.performance import inference_precision, optimize_for_inference
 from ctran.inference.suggest import METHODS as SUGGEST_METHODS
@@ -229,6 +233,30 @@ class Predictor:
             told = self._probabilities(features.tokens[i : i + 1], rows)  # (2C, L)
             information = expected_information(p[unknown], told[:, unknown], asked)  # (C,)
             results.append(rank([names[a] for a in asked], p[unknown][asked], information, k))
+        return results
+
+    @torch.inference_mode()
+    def influence(
+        self, features: Features, known: KnownInput = None, extra: KnownInput = None, top: int = DEFAULT_TOP
+    ) -> list[Influence]:
+        """Per image, the ``top`` unknown target labels that the known ones moved most, and per known label
+        the ``top`` it moved itself (``ctran.inference.influence``); empty for an image with nothing known.
+
+        ``overall`` compares nothing known with all known; ``by_label[k]`` compares all known but k with all
+        known (leave-one-out: k's own effect given the others). The K + 2 state rows of an image are decoded
+        in one batch over its cached tokens.
+        """
+        if isinstance(top, bool) or not isinstance(top, int) or top < 1:
+            raise CTranError(f"top must be a positive integer, got {top!r}")
+        states = self.states(known, extra, len(features))  # (B, L)
+        results = []
+        for i, s in enumerate(states):
+            rows, told = influence_rows(s)  # (K + 2, L)
+            if not told:
+                results.append(Influence())
+                continue
+            probs = self._probabilities(features.tokens[i : i + 1], rows)  # (K + 2, L)
+            results.append(summarise(probs, told, self.label_names, len(self.target_names), top))
         return results
 
     @torch.inference_mode()

@@ -5,7 +5,8 @@
 - ``GET /``: the page (``static/``; no CDN, no external font, works offline);
 - ``POST /api/images``: multipart field ``file`` -> ``{"id", "predictions", ...}``, the image encoded once;
 - ``POST /api/images/{id}/condition``: ``{"known": {label: bool}, "extra": {label: bool}}`` ->
-  ``{"predictions", ...}`` from the cached tokens;
+  ``{"predictions", ..., "moved_by_known"}`` from the cached tokens (how far the known labels moved the
+  others: ``{"overall": [...], "by_label": {label: [...]}}``, null when nothing is known);
 - ``GET /api/images/{id}/suggest``: which unknown labels to ask about next (query ``known``/``extra`` as
   ``a=1,b=0``, ``k``, ``method``, ``candidates``) -> ``{"method", "suggestions": [{"label", ...}]}``;
 - ``GET /api/images/{id}/attention/{label}``: PNG heat-map (query ``known``/``extra`` as ``a=1,b=0``);
@@ -31,7 +32,7 @@ from starlette.exceptions import HTTPException
 
 from ctran import __version__
 from ctran.errors import CTranError
-from ctran.inference import Prediction, Predictor
+from ctran.inference import Influence, Prediction, Predictor
 from ctran.inference.known import parse_spec
 from ctran.inference.suggest import METHODS as SUGGEST_METHODS
 from ctran.serving import schemas
@@ -130,8 +131,11 @@ def create_app(
         tags=["images"],
     )
     def condition(image_id: str, body: schemas.ConditionRequest) -> schemas.Predictions:
-        """Re-predict the image's unknown target labels given the known and extra labels."""
-        return _predictions(service.condition(image_id, body.known, body.extra))
+        """Re-predict the image's unknown target labels given the known and extra labels, and say how far
+        those moved the others (``moved_by_known``: the largest changes overall, and each known label's own
+        given the others)."""
+        prediction, moved = service.condition(image_id, body.known, body.extra)
+        return _predictions(prediction, moved)
 
     @app.get(
         "/api/images/{image_id}/suggest",
@@ -232,9 +236,12 @@ def _image_result(image_id: str, cached: CachedImage, prediction: Prediction) ->
     )
 
 
-def _predictions(prediction: Prediction) -> schemas.Predictions:
+def _predictions(prediction: Prediction, moved: Influence | None = None) -> schemas.Predictions:
     return schemas.Predictions(
-        predictions=prediction.probs, predicted=prediction.predicted, known=prediction.known
+        predictions=prediction.probs,
+        predicted=prediction.predicted,
+        known=prediction.known,
+        moved_by_known=None if moved is None else moved.to_dict(),
     )
 
 

@@ -44,12 +44,33 @@ class ConditionRequest(BaseModel):
     extra: dict[str, LabelValue] = Field(default_factory=dict, examples=[{"context_beach": 1}])
 
 
+class Change(BaseModel):
+    """One unknown target label's probability without and with what was told."""
+
+    label: str
+    p_without: float
+    p_with: float
+    delta: float = Field(description="p_with - p_without")
+
+
+class MovedByKnown(BaseModel):
+    """How much the known labels moved the others (``ctran.inference.influence``), largest changes first."""
+
+    overall: list[Change] = Field(description="nothing known -> everything known")
+    by_label: dict[str, list[Change]] = Field(
+        description="per known label, its own effect given the others: all known but it -> all known"
+    )
+
+
 class Predictions(BaseModel):
     """Probabilities of the target labels left unknown (in label order) and those at or above threshold."""
 
     predictions: dict[str, float]
     predicted: list[str] = Field(description="labels at or above their threshold, most probable first")
     known: dict[str, bool] = Field(description="the known target and extra labels the prediction used")
+    moved_by_known: MovedByKnown | None = Field(
+        default=None, description="how much the known labels moved the others (null when nothing is known)"
+    )
 
 
 class ImageResult(Predictions):

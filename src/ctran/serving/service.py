@@ -2,10 +2,11 @@
 
 Uploading an image runs the backbone once (``Predictor.encode``) and caches its features; every change of
 the known labels afterwards only re-runs the label side of the model (``condition``): the label tokens,
-transformer and readout, or with a one-way checkpoint only the label rows of the transformer. Suggesting
-the next label to ask (``suggest``) re-conditions on both answers for every candidate in one batch. Routes
-run in a thread pool, so model calls are serialised by one lock (one forward pass at a time, as on a
-single device); decoding and resizing happen outside it. Heat-maps are drawn with ``ctran explain``'s
+transformer and readout, or with a one-way checkpoint only the label rows of the transformer; so does
+showing how far the known labels moved the others (``influence``, K + 2 more state rows in one batch).
+Suggesting the next label to ask (``suggest``) re-conditions on both answers for every candidate in one
+batch. Routes run in a thread pool, so model calls are serialised by one lock (one forward pass at a time,
+as on a single device); decoding and resizing happen outside it. Heat-maps are drawn with ``ctran explain``'s
 plotting, whose pyplot state is not thread-safe either, so drawing has a lock of its own.
 """
 
@@ -19,7 +20,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from ctran.inference import Features, Prediction, Predictor, Suggestion
+from ctran.inference import Features, Influence, Prediction, Predictor, Suggestion
 from ctran.inference.explain import plot_heatmaps
 from ctran.inference.known import LabelSpec
 from ctran.serving.cache import FeatureCache
@@ -68,11 +69,16 @@ class TaggingService:
         if self.cache.pop(image_id) is None:
             raise ApiError(404, f"no image with id {image_id!r}")
 
-    def condition(self, image_id: str, known: LabelSpec, extra: LabelSpec) -> Prediction:
-        """Predictions given the known target and extra labels, from the cached tokens (no backbone pass)."""
+    def condition(
+        self, image_id: str, known: LabelSpec, extra: LabelSpec
+    ) -> tuple[Prediction, Influence | None]:
+        """Predictions given the known target and extra labels, from the cached tokens (no backbone pass),
+        and how much those labels moved the others (None when nothing is known)."""
         features = self.get(image_id).features
         with self._model_lock:
-            return self.predictor.condition(features, known, extra, threshold=self.threshold)[0]
+            prediction = self.predictor.condition(features, known, extra, threshold=self.threshold)[0]
+            moved = self.predictor.influence(features, known, extra)[0] if known or extra else None
+        return prediction, moved
 
     def suggest(
         self, image_id: str, known: LabelSpec, extra: LabelSpec, k: int, method: str, candidates: int | None

@@ -2,7 +2,8 @@
 // Flow: upload (or pick an example) -> POST /api/images -> id + probabilities; each change of a label's
 // state -> (debounced) POST /api/images/{id}/condition -> every probability again; clicking a label's
 // name -> GET /api/images/{id}/attention/{label} (PNG heat-map); after every answer, "Ask next" shows the
-// label most worth telling (GET /api/images/{id}/suggest) with Yes/No buttons. Only the latest answer is
+// label most worth telling (GET /api/images/{id}/suggest) with Yes/No buttons; "Because you told it" lists
+// the labels the known ones moved most (the condition answer's moved_by_known). Only the latest answer is
 // shown.
 "use strict";
 
@@ -21,6 +22,7 @@ const page = {
   extra: new Map(), // extra label -> bool
   probs: {}, // unknown target label -> probability
   previous: {}, // the probabilities shown before the last update, for the change markers
+  moved: null, // how far the known labels moved the others ({overall, by_label}), or null
   predicted: new Set(),
   heatmap: null, // label whose heat-map is shown, or null for the image
   rows: new Map(), // label -> {li, fill, prob, note, radios, name}
@@ -203,8 +205,30 @@ function applyPredictions(body) {
   page.previous = { ...page.probs };
   page.probs = body.predictions;
   page.predicted = new Set(body.predicted);
+  page.moved = body.moved_by_known ?? null;
   render();
+  showMoved();
   askNext();
+}
+
+// ---------------------------------------------------------------------------------- because you told it
+function changes(list) {
+  const signed = (d) => `${d >= 0 ? "+" : "−"}${(100 * Math.abs(d)).toFixed(1)}`;
+  return list.map((c) => `${signed(c.delta)} ${c.label}`).join(", ") || "no other label to move";
+}
+
+function showMoved() {
+  const { moved } = page;
+  el("moved").hidden = !moved;
+  if (!moved) return;
+  el("moved-overall").textContent = changes(moved.overall);
+  const each = Object.entries(moved.by_label);
+  const items = each.map(([name, list]) => {
+    const li = document.createElement("li");
+    li.textContent = `${name}, given the others: ${changes(list)}`;
+    return li;
+  });
+  el("moved-by").replaceChildren(...(each.length > 1 ? items : [])); // with one label it repeats the line
 }
 
 // ---------------------------------------------------------------------------------------- ask next
@@ -369,6 +393,7 @@ function download() {
     extra: Object.fromEntries(page.extra),
     predictions: page.probs,
     predicted: [...page.predicted],
+    moved_by_known: page.moved,
     thresholds: page.labels.thresholds,
     saved: new Date().toISOString(),
   };
