@@ -32,7 +32,7 @@ from ctran.states import UNKNOWN
 from ctran.training import evaluation as evaluation_module
 from ctran.training import trainer as trainer_module
 from ctran.training.distributed import DistContext
-from ctran.training.label_mask import sample_training_states, scored_mask
+from ctran.training.label_mask import sample_training_states, scored_mask, shown_images
 from ctran.training.loaders import eval_loader, train_loader
 from ctran.training.losses import asl_terms, bce_terms
 from ctran.training.run import model_config, train_run
@@ -985,3 +985,92 @@ def test_ctran_train_with_label_tokens_trains_on_the_subset_and_evaluates_on_eve
     evaluation = {width for is_training, width in seen if not is_training}
     assert len(training) == 6 and evaluation == {300}
     assert all(width == 100 for width in training)
+
+
+# ---------------------------------------------------------------- image dropout (train.image_dropout)
+
+
+def test_shown_images_are_seeded_per_image_and_drop_about_the_asked_share() -> None:
+    """The draw depends on (seed, epoch, index) only: a batch's rows are the same alone or together."""
+    indices = torch.arange(4000)
+    shown = shown_images(indices, seed=0, epoch=1, dropout=0.3)
+    assert shown.dtype == torch.bool and abs(float((~shown).float().mean()) - 0.3) < 0.03
+    assert torch.equal(shown[100:140], shown_images(indices[100:140], 0, 1, 0.3))
+    assert torch.equal(shown[[7, 3]], shown_images([7, 3], 0, 1, 0.3))
+    assert not torch.equal(shown, shown_images(indices, 0, 2, 0.3))  # a new draw each epoch
+    assert not torch.equal(shown, shown_images(indices, 1, 1, 0.3))
+    assert shown_images(indices, 0, 1, 0.0).all()
+
+
+def test_a_dropped_image_is_predicted_from_its_known_labels_alone() -> None:
+    """``forward(..., shown=False)``: the image memory is zeroed, so another image gives the same logits;
+    a shown row is exactly the plain forward."""
+    torch.manual_seed(0)
+    model = build_from_config(model_config(_config(), 20)).eval()
+    images, truth, _ = _batch(_scenes("train", 4))
+    states = torch.where(torch.rand(truth.shape) < 0.3, truth, torch.full_like(truth, UNKNOWN))
+    shown = torch.tensor([True, False, True, False])
+    with torch.no_grad():
+        logits = model(images, states, shown=shown)
+        other = model(images.flip(0), states, shown=shown)
+        plain = model(images, states)
+    torch.testing.assert_close(logits[shown], plain[shown])
+    torch.testing.assert_close(logits[~shown], other[~shown])  # the pixels do not matter
+    assert not torch.allclose(logits[~shown], plain[~shown])
+
+
+def test_ctran_train_with_image_dropout_hides_the_drawn_images_from_the_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``ctran train ... train.image_dropout=P`` end to end: every training forward gets the (seed, epoch,
+    index) draw of its batch as ``shown`` and zeroes those images' memory; evaluation shows every image;
+    without the option no forward gets a draw."""
+    seen: list[tuple[bool, torch.Tensor | None]] = []
+    forward = CTran.forward
+
+    def spy(model: CTran, images: torch.Tensor, states: torch.Tensor, *args: object, **kwargs: object):
+        seen.append((model.training, kwargs.get("shown")))
+        return forward(model, images, states, *args, **kwargs)
+
+    monkeypatch.setattr(CTran, "forward", spy)
+    decode = CTran.decode
+    memories: list[torch.Tensor] = []
+
+    def spy_decode(model: CTran, memory: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        if model.training:
+            memories.append(memory.detach().abs().sum((1, 2)))  # (B,)
+        return decode(model, memory, *args, **kwargs)
+
+    monkeypatch.setattr(CTran, "decode", spy_decode)
+    overrides = [*SMALL, "data.sizes={train: 32, val: 8, test: 8}", "train.epochs=2"]
+    out = str(tmp_path / "dropped")
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                "digits-tiny",
+                "--out",
+                out,
+                "--quiet",
+                *overrides,
+                "train.image_dropout=0.5",
+            ]
+        )
+        == 0
+    )
+    draws = [shown for training, shown in seen if training]
+    assert len(draws) == 8 and all(shown is not None for shown in draws)
+    expected = torch.cat([shown_images(torch.arange(32), 0, epoch, 0.5) for epoch in (1, 2)])
+    assert sorted(torch.cat(draws).tolist()) == sorted(
+        expected.tolist()
+    )  # the draws of every image, each epoch
+    assert 0 < int((~torch.cat(draws)).sum()) < 64
+    assert torch.equal(torch.cat(memories) == 0, ~torch.cat(draws))  # exactly the dropped rows are blank
+    assert all(shown is None for training, shown in seen if not training)
+    seen.clear()
+    assert (
+        main(["train", "--config", "digits-tiny", "--out", str(tmp_path / "plain"), "--quiet", *overrides])
+        == 0
+    )
+    assert all(shown is None for _, shown in seen)

@@ -152,6 +152,8 @@ class TrainConfig:
     asl_clip: Annotated[float, BELOW_ONE] = 0.05
     label_mask: bool = True  # Label Mask Training; False: all labels unknown, loss on all (the ablation)
     max_known_fraction: Annotated[float, FRACTION] = 0.75  # of the labels LMT may reveal
+    # share of training images shown without their image tokens: the label tokens must use the known labels
+    image_dropout: Annotated[float, BELOW_ONE] = 0.0
     # which labels LMT may reveal (CUB-312: extras; classes never)
     lmt_labels: Annotated[str, one_of("all", "extras")] = "all"
     extra_loss: bool = False  # also train the extra labels' outputs where unknown (CUB-312 concepts)

@@ -71,7 +71,8 @@ def summarise(
 ) -> Influence:
     """Probabilities (K + 2, L) of the ``influence_rows`` -> the ``top`` largest changes of the unknown
     target labels (the first ``targets`` labels), overall and for each known label."""
-    others = [j for j in range(targets) if j not in set(known)]
+    told_set = set(known)
+    others = [j for j in range(targets) if j not in told_set]
     names = [label_names[j] for j in others]
     told = probs[1, others]  # (U,)
     by_label = {

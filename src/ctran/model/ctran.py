@@ -144,11 +144,19 @@ class CTran(nn.Module):
         states: torch.Tensor,
         return_attention: bool = False,
         label_index: torch.Tensor | None = None,
+        shown: torch.Tensor | None = None,
     ) -> torch.Tensor | Output:
         """Normalised images (B, 3, H, W), states (B, L) -> logits (B, L) (``Output`` with attention);
-        with ``label_index`` (K,) the states and logits are those labels' (B, K) (see ``decode``)."""
+        with ``label_index`` (K,) the states and logits are those labels' (B, K) (see ``decode``).
+
+        ``shown`` (B,) bool, in training only (``train.image_dropout``): a False row's image memory is
+        zeroed, so its labels are predicted from the known labels alone.
+        """
         if not return_attention:
-            return self.decode(self.encode(images), states, label_index)
+            memory = self.encode(images)  # (B, T, M)
+            if shown is not None:
+                memory = memory * shown.to(memory.dtype)[:, None, None]
+            return self.decode(memory, states, label_index)
         tokens = self.image_tokens(images)  # (B, T, D)
         labels = self.label_tokens(states, label_index).to(tokens.dtype)  # (B, K, D)
         x = self.norm(torch.cat([tokens, labels], dim=1))  # (B, T + K, D)

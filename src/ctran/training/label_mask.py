@@ -106,6 +106,26 @@ def _reveal_per_image(
     return states
 
 
+def shown_images(indices: torch.Tensor | list[int], seed: int, epoch: int, dropout: float) -> torch.Tensor:
+    """Image dropout (``train.image_dropout``): (B,) True for the images whose image tokens the model sees.
+
+    On clean data the image tokens alone can separate the training set (a frozen ImageNet backbone on
+    tagged icons reaches a training loss near 0.02), so Label Mask Training never has to teach the label
+    tokens to read the known labels, and a user's tags barely move the predictions. An image shown
+    without its tokens can only be scored from what LMT revealed of it: the label tokens must learn how
+    labels go together. Each image's draw depends on (seed, epoch, index) alone, like LMT's, on its own
+    stream (``spawn_key``), so it is the same however the batch is split and when a killed run resumes.
+    """
+    indices = torch.as_tensor(indices).tolist()
+    if dropout <= 0:
+        return torch.ones(len(indices), dtype=torch.bool)
+    draws = [
+        np.random.default_rng(np.random.SeedSequence([seed, epoch, index], spawn_key=(2,))).random()
+        for index in indices
+    ]
+    return torch.tensor(draws) >= dropout
+
+
 def scored_mask(truth: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
     """Entries that count in loss and metrics: annotated and not given to the model."""
     return (truth != UNKNOWN) & (inputs == UNKNOWN)

@@ -56,7 +56,7 @@ from ctran.training.distributed import (
     gather_objects,
 )
 from ctran.training.evaluation import EvalScores, Setting, collect_scores
-from ctran.training.label_mask import kept_labels, sample_training_states, scored_mask
+from ctran.training.label_mask import kept_labels, sample_training_states, scored_mask, shown_images
 from ctran.training.loaders import eval_loader, train_loader
 from ctran.training.losses import asl_terms, bce_terms
 from ctran.training.optim import build_optimizer, build_scheduler, continue_schedule, freeze_backbone
@@ -207,8 +207,10 @@ class Trainer:
         """(images, truth (B, K), input states (B, K), scored outputs S, model options) of a micro-batch.
 
         K = T + E labels, or the kept label tokens with ``train.label_tokens`` (``kept_labels``; the model
-        options then carry their ``label_index``, and the first S of them are the scored outputs). States
-        and the token set are drawn on the host before the batch moves to the device: no device sync.
+        options then carry their ``label_index``, and the first S of them are the scored outputs). With
+        ``train.image_dropout`` the options carry ``shown`` (B,), the images whose tokens the model sees.
+        States, token set and image draw are made on the host before the batch moves to the device: no
+        device sync.
         """
         images, targets, extras, indices = batch
         if self.cfg.missing == "negative":
@@ -224,6 +226,9 @@ class Trainer:
             )  # (K,) ascending: the scored labels come first
             truth, states, scored = truth[:, keep], states[:, keep], int((keep < scored).sum())
             options["label_index"] = keep.to(self.ctx.device)
+        if self.cfg.image_dropout and getattr(self.model, "takes_states", True):
+            shown = shown_images(indices, self.config.seed, self.epoch, self.cfg.image_dropout)  # (B,)
+            options["shown"] = shown.to(self.ctx.device)
         device = self.ctx.device
         return images, truth.to(device), states.to(device), scored, options
 
