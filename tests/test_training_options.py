@@ -1074,3 +1074,17 @@ def test_ctran_train_with_image_dropout_hides_the_drawn_images_from_the_model(
         == 0
     )
     assert all(shown is None for _, shown in seen)
+
+
+def test_the_own_cpu_recipe_hides_a_seeded_share_of_its_training_images() -> None:
+    """``own-cpu`` (the recipe for your own data) trains with image dropout: its batches carry the draw."""
+    overrides = [*SMALL, "model.backbone=small_cnn", "model.pretrained=false", "data.format=digits"]
+    config = load_config("own-cpu", overrides)
+    assert config.train.image_dropout == 0.3
+    trainer = _trainer(config, n_train=64)
+    trainer.epoch = 1
+    images, truth, indices = _batch(_scenes("train", 64))
+    *_, options = trainer._prepare((images, truth[:, :NUM_TARGETS], truth[:, NUM_TARGETS:], indices))
+    shown = options["shown"]
+    assert torch.equal(shown, shown_images(indices, config.seed, 1, 0.3))
+    assert 8 < int((~shown).sum()) < 32
