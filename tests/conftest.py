@@ -29,3 +29,16 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_checkpoint(
         path, model, TINY_CONFIG, TINY_TARGETS, TINY_EXTRAS, image_size=48, thresholds=thresholds
     )
+
+
+@pytest.fixture(scope="session")
+def digits_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained checkpoint with the digit scenes' 16 targets and 4 extra labels (48 x 48 inputs)."""
+    from ctran.data.digit_scenes import CONTEXT_NAMES, DIGIT_NAMES, TAG_NAMES
+
+    path = tmp_path_factory.mktemp("ckpt") / "model.pt"
+    config = {"kind": "ctran", "num_labels": 20, "backbone": "small_cnn", "dim": 16, "layers": 1, "heads": 2}
+    torch.manual_seed(0)
+    model = ctran.model.build_from_config(config)
+    save_checkpoint(path, model, config, DIGIT_NAMES + TAG_NAMES, CONTEXT_NAMES, image_size=48)
+    return path

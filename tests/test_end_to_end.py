@@ -172,19 +172,6 @@ def test_demo_rejects_zero_epochs(tmp_path, capsys):
     assert "--epochs" in capsys.readouterr().err
 
 
-@pytest.fixture(scope="module")
-def digits_checkpoint(tmp_path_factory):
-    """An untrained checkpoint with the digit scenes' 20 labels."""
-    from ctran.data.digit_scenes import CONTEXT_NAMES, DIGIT_NAMES, TAG_NAMES
-
-    path = tmp_path_factory.mktemp("ckpt") / "model.pt"
-    config = {"kind": "ctran", "num_labels": 20, "backbone": "small_cnn", "dim": 16, "layers": 1, "heads": 2}
-    torch.manual_seed(0)
-    model = ctran.model.build_from_config(config)
-    save_checkpoint(path, model, config, DIGIT_NAMES + TAG_NAMES, CONTEXT_NAMES, image_size=48)
-    return path
-
-
 def test_evaluate_small_untrained_checkpoint(digits_checkpoint, tmp_path):
     code, metrics = _evaluate(digits_checkpoint, tmp_path / "m.json", "--known", "0.25")
     assert code == 0

@@ -12,26 +12,13 @@ import pytest
 import torch
 
 import ctran
-from ctran.checkpoint import save_checkpoint
 from ctran.cli import main
-from ctran.data.digit_scenes import CONTEXT_NAMES, DIGIT_NAMES, TAG_NAMES
 from ctran.metrics import METRIC_KEYS, average_precision
 from ctran.report import SAME_ENTRIES, add_setting, flatten_settings, iter_settings, settings_by_name
 from ctran.training.evaluation import Setting, collect_scores, evaluate
 from ctran.training.loaders import eval_loader
 
 SIZE = 96
-
-
-@pytest.fixture(scope="module")
-def digits_checkpoint(tmp_path_factory) -> Path:
-    """An untrained checkpoint with the digit scenes' 16 targets and 4 extra labels."""
-    path = tmp_path_factory.mktemp("ckpt") / "model.pt"
-    config = {"kind": "ctran", "num_labels": 20, "backbone": "small_cnn", "dim": 16, "layers": 1, "heads": 2}
-    torch.manual_seed(0)
-    model = ctran.model.build_from_config(config)
-    save_checkpoint(path, model, config, DIGIT_NAMES + TAG_NAMES, CONTEXT_NAMES, image_size=48)
-    return path
 
 
 def _evaluate(checkpoint: Path, json_path: Path, *flags: str) -> tuple[str, dict]:

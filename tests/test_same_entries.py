@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,9 +20,8 @@ from hypothesis import strategies as st
 from sklearn.metrics import average_precision_score
 
 import ctran
-from ctran.checkpoint import load_checkpoint, save_checkpoint
+from ctran.checkpoint import load_checkpoint
 from ctran.cli import main
-from ctran.data.digit_scenes import CONTEXT_NAMES, DIGIT_NAMES, TAG_NAMES
 from ctran.metrics import label_chunks
 from ctran.states import POSITIVE, UNKNOWN, unknown_states
 from ctran.training.evaluation import REGULAR, EvalScores, Setting
@@ -125,17 +123,6 @@ def test_known_positives_are_their_own_draw_and_follow_the_seed() -> None:
 
 
 # ------------------------------------------------------------------------------- through the CLI
-
-
-@pytest.fixture(scope="module")
-def digits_checkpoint(tmp_path_factory) -> Path:
-    """An untrained checkpoint with the digit scenes' 16 targets and 4 extra labels."""
-    path = tmp_path_factory.mktemp("ckpt") / "model.pt"
-    config = {"kind": "ctran", "num_labels": 20, "backbone": "small_cnn", "dim": 16, "layers": 1, "heads": 2}
-    torch.manual_seed(0)
-    model = ctran.model.build_from_config(config)
-    save_checkpoint(path, model, config, DIGIT_NAMES + TAG_NAMES, CONTEXT_NAMES, image_size=48)
-    return path
 
 
 def test_evaluate_reports_untold_and_gain_for_each_told_setting(digits_checkpoint, tmp_path) -> None:
