@@ -260,21 +260,24 @@ def _run_emoji(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ctran.cli.args import positive
-    from ctran.data.emoji import artwork_sets, build_emoji_dataset, node_modules, read_emoji
+    from ctran.data.emoji import build_emoji_dataset
 
     labels, size = positive(args.labels, "--labels"), positive(args.size, "--size")
-    folder = node_modules(args.npm)
-    total = len(read_emoji(folder, args.locale)) * len(artwork_sets(folder))
-    with tqdm(total=total, desc="emoji", unit=" icon", disable=not show_progress(args.quiet)) as bar:
+
+    def advance(done: int, total: int) -> None:
+        bar.total = total  # known once the packages are read: they are read once, by the builder
+        bar.update(done - bar.n)
+
+    with tqdm(desc="emoji", unit=" icon", disable=not show_progress(args.quiet)) as bar:
         summary = build_emoji_dataset(
-            folder,
+            args.npm,
             args.out,
             labels,
             size,
             args.seed,
             positive(args.workers, "--workers"),
             args.locale,
-            progress=lambda done: bar.update(done - bar.n),
+            progress=advance,
         )
     print(json.dumps({key: summary[key] for key in ("packages", "emoji", "images", "images_per_artwork")}))
     for icon, reason in summary["not_rendered"].items():

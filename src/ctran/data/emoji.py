@@ -189,10 +189,10 @@ def build_emoji_dataset(
     seed: int = 0,
     workers: int = 2,
     locale: str = "en",
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict:
     """Render every emoji's artwork and write the CSV layout (module docstring); returns the summary that
-    ``emoji.json`` holds. ``progress`` is called with the number of icons done after each one."""
+    ``emoji.json`` holds. ``progress`` is called with (icons done, icons in all) after each one."""
     if shutil.which("rsvg-convert") is None:
         raise CTranError("rsvg-convert is not installed (Debian/Ubuntu: apt-get install librsvg2-bin)")
     folder, out = node_modules(npm), Path(out)
@@ -226,7 +226,7 @@ def build_emoji_dataset(
                 rows[splits[item.hexcode]].append((image, tags, item.group))
                 drawn[name] += 1
             if progress:
-                progress(count)
+                progress(count, len(jobs))
     for split, split_rows in rows.items():
         _write_csv(out / f"{split}.csv", split_rows)
     atomic_write_bytes(out / "labels.txt", ("\n".join(vocab) + "\n").encode())
