@@ -24,6 +24,7 @@ LAYERS = {
     "training": 4,
     "inference": 5,
     "serving": 6,
+    "tagging": 6,
     "demo": 6,
     "cli": 7,
 }

@@ -10,10 +10,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from ctran.cli import compare, convert, data, demo, evaluate, explain, export, predict, serve, train
+from ctran.cli import compare, convert, data, demo, evaluate, explain, export, predict, serve, tag, train
 from ctran.errors import CTranError
 
-COMMAND_MODULES = (demo, train, evaluate, compare, predict, explain, export, convert, serve, data)
+COMMAND_MODULES = (demo, train, evaluate, compare, predict, tag, explain, export, convert, serve, data)
 
 
 def build_parser() -> argparse.ArgumentParser:

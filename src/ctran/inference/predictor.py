@@ -260,6 +260,29 @@ class Predictor:
         return results
 
     @torch.inference_mode()
+    def target_probabilities(
+        self, features: Features, states: torch.Tensor, given_others: bool = False
+    ) -> torch.Tensor:
+        """(B, T) every target label's probability under ``states`` (B, L), in one decode.
+
+        A known label's own output is not a prediction (training never scores it); with ``given_others``
+        each known target gets its probability *given the other known labels* instead, from a row with it
+        alone hidden: an image with K known targets costs K more decode rows over its cached tokens, no
+        backbone pass. That is what makes a told label auditable: did the model agree with the user?
+        """
+        targets = len(self.target_names)
+        probs = self._probabilities(features.tokens, states)[:, :targets]  # (B, T)
+        if given_others:
+            for i, row in enumerate(states):
+                told = (row[:targets] != UNKNOWN).nonzero().flatten()  # (K,)
+                if len(told):
+                    hidden = row.repeat(len(told), 1)  # (K, L)
+                    hidden[torch.arange(len(told)), told] = UNKNOWN
+                    alone = self._probabilities(features.tokens[i : i + 1], hidden)  # (K, L)
+                    probs[i, told] = alone[torch.arange(len(told)), told]
+        return probs
+
+    @torch.inference_mode()
     def predict(
         self,
         images: Images,

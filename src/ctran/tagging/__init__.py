@@ -1,0 +1,1 @@
+"""Tag a library of images starting from the tags it already has."""
