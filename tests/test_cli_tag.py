@@ -256,8 +256,10 @@ def test_a_killed_run_resumes_to_the_same_result(
     assert {k: v for k, v in _files(library).items() if not k.startswith(".ctran")} == {
         k: v for k, v in _files(clean).items() if not k.startswith(".ctran")
     }
-    lines = jsonl.read_text().splitlines()
-    assert len(lines) == 6 and _lines(jsonl).keys() == _lines(tmp_path / "clean.jsonl").keys()
+    lines, clean_rows = jsonl.read_text().splitlines(), _lines(tmp_path / "clean.jsonl")
+    assert len(lines) == 6 and _lines(jsonl).keys() == clean_rows.keys()
+    for name, row in _lines(jsonl).items():  # the image cut mid-batch was told its own tags, not ours
+        assert row["known"] == clean_rows[name]["known"] and row["added"] == clean_rows[name]["added"]
 
 
 def test_writes_are_atomic(library: Path, digits_checkpoint: Path, monkeypatch) -> None:
@@ -288,6 +290,24 @@ def test_bad_images_and_bad_captions_are_reported_and_skipped(
     assert summary["skipped"] == {"unreadable image": 1, "unreadable tag file": 1}
     err = capsys.readouterr().err
     assert "broken.png: cannot read image" in err and "c.txt: not UTF-8" in err
+
+
+def test_an_xmp_sidecar_it_cannot_write_into_is_reported_and_left_alone(
+    library: Path, digits_checkpoint: Path, tmp_path: Path, capsys
+) -> None:
+    odd = DARKTABLE.replace(
+        b"<dc:subject>\n    <rdf:Bag>\n     <rdf:li>Digit 3</rdf:li>\n    </rdf:Bag>\n", b"<dc:subject>"
+    )
+    odd = odd.replace(b"   </dc:subject>", b"Digit 3</dc:subject>")  # plain text, not a list of keywords
+    (library / "d.png.xmp").write_bytes(odd)
+    report = tmp_path / "report.json"
+    assert (
+        _tag(library, digits_checkpoint, "--write", "xmp", "--threshold", "0.3", "--report", str(report)) == 1
+    )
+    assert (library / "d.png.xmp").read_bytes() == odd
+    assert json.loads(report.read_text())["skipped"] == {"tag file it cannot write into": 1}
+    assert "d.png.xmp" in capsys.readouterr().err
+    assert (library / "c.png.xmp").exists()  # the others were tagged
 
 
 def test_max_tags_min_prob_and_backup(library: Path, digits_checkpoint: Path, tmp_path: Path) -> None:

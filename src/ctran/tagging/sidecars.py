@@ -34,7 +34,7 @@ class TagFile:
         """The file's bytes with ``tags`` appended (or, with ``replace``, as its whole tag list)."""
         if self.caption is not None:
             return with_tags(self.caption, tags, separator, replace)
-        return with_keywords(self.raw, tags, replace)
+        return with_keywords(self.raw, tags, replace, where=str(self.path))
 
 
 def tag_files(

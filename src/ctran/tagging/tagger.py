@@ -223,10 +223,8 @@ class _Step:
         for sample in batch:
             if sample.problem is None:
                 ready.append(sample)
-                continue
-            self.summary.skipped[sample.problem] += 1
-            self.summary.errors.append(sample.error)
-            tqdm.write(f"ctran tag: {sample.error}", file=sys.stderr)
+            else:
+                self._skip(sample.problem, sample.error)
         if not ready:
             return
         told = [self._told(sample) for sample in ready]
@@ -240,6 +238,12 @@ class _Step:
             for sample, matched, p, s in zip(ready, told, probs, states, strict=True)
         ]
         self._write(results)
+
+    def _skip(self, reason: str, message: str) -> None:
+        """An image left as it is: counted under ``reason``, ``message`` (naming the file) on stderr."""
+        self.summary.skipped[reason] += 1
+        self.summary.errors.append(message)
+        tqdm.write(f"ctran tag: {message}", file=sys.stderr)
 
     def _told(self, sample: Sample) -> Matched:
         """The image's tags as known labels: its files', the run's ``--extra``, then the ``--exclude``d as
@@ -274,7 +278,12 @@ class _Step:
         return _Result(sample, matched, added, {n: float(probs[j]) for j, n in enumerate(names)})
 
     def _write(self, results: list[_Result]) -> None:
-        plans = [(result, self._plan(result)) for result in results]
+        plans = []
+        for result in results:
+            try:
+                plans.append((result, self._plan(result)))
+            except CTranError as err:  # e.g. an XMP sidecar whose dc:subject is not a list
+                self._skip("tag file it cannot write into", str(err))
         if self.options.mode == "dry-run":
             for result, changes in plans:
                 self._show(result, changes)
@@ -326,8 +335,7 @@ class _Step:
         """Write an image's files atomically; an image whose file changed since it was read is skipped."""
         for path, (file, _) in changes.items():
             if _current(path) != file.raw and not result.sample.item.originals:
-                self.summary.skipped["tag file changed during the run"] += 1
-                self.summary.errors.append(f"{path}: changed while ctran tag ran; left as it is")
+                self._skip("tag file changed during the run", f"{path}: changed during the run; left as is")
                 return False
         for path, (file, new) in changes.items():
             if self.options.backup and file.raw is not None:

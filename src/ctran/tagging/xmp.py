@@ -70,8 +70,6 @@ def embedded_keywords(path: Path) -> list[str]:
             iptc = IptcImagePlugin.getiptcinfo(image) or {}
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise CTranError(f"{path}: cannot read the image's metadata ({error})") from None
-    if isinstance(xmp, str):
-        xmp = xmp.encode()
     from_xmp = read_keywords(xmp.rstrip(b"\x00"), str(path)) if xmp else []  # JPEG packets may be NUL-padded
     values = iptc.get(_IPTC_KEYWORDS) or []
     utf8 = iptc.get(_IPTC_CHARSET) == _IPTC_UTF8
@@ -96,18 +94,18 @@ def with_keywords(
     items = [_escape(keyword) for keyword in keywords]
     if scan.array is not None:
         element = scan.array
-        step = element.last_indent or f"\n{_line(element.indent)} "
-        li = _like(element.qname, "li")
+        step = f"\n{_line(element.indent)} " if element.last_indent is None else element.last_indent
+        li = _q(_prefix_of(element.qname), "li")
         inner = "".join(f"{step}<{li}>{item}</{li}>" for item in items)
     elif scan.has_subject:
         raise CTranError(f"{where}: dc:subject is not an rdf:Bag, so keywords cannot be added to it")
     elif scan.description is not None:
         element = scan.description
-        inner = _subject(items, _like(element.qname, "x"), scan.dc_prefix, f"{_line(element.indent)} ")
+        inner = _subject(items, _prefix_of(element.qname), scan.dc_prefix, f"{_line(element.indent)} ")
     else:
         raise CTranError(f"{where}: the XMP has no rdf:Description to hold keywords")
     slash = "/>".encode(scan.codec)
-    if data[: element.open_end].endswith(slash):  # <rdf:Bag/> or <rdf:Description .../>: open it
+    if data.endswith(slash, 0, element.open_end):  # <rdf:Bag/> or <rdf:Description .../>: open it
         start, end = element.open_end - len(slash), element.open_end
         text = f">{inner}\n{_line(element.indent)}</{element.qname}>"
     elif element is scan.array and replace:
@@ -115,6 +113,8 @@ def with_keywords(
     else:
         start = end = element.last_end if element is scan.array else element.open_end
         text = inner
+    if "\r\n".encode(scan.codec) in data:  # expat reports line ends as "\n"; keep the file's own
+        text = text.replace("\n", "\r\n")
     return data[:start] + text.encode(scan.codec, "xmlcharrefreplace") + data[end:]
 
 
@@ -128,7 +128,7 @@ class _Element:
     indent: str  # whitespace before its start tag
     open_end: int = -1  # just after its start tag
     close: int = -1  # at its end tag
-    last_indent: str = ""  # whitespace before its last child element
+    last_indent: str | None = None  # whitespace before its last child element, None without children
     last_end: int = -1  # where the whitespace before its end tag begins (just after its last child)
     tail: str = ""  # whitespace before its end tag
 
@@ -176,7 +176,7 @@ class _Scan:
         self._at()
         self.codec = self.codec or encoding  # a byte order mark wins over the declaration
 
-    def _prefix(self, uri: str) -> str | None:
+    def _bound_prefix(self, uri: str) -> str | None:
         """The prefix bound to ``uri`` here ("" for the default namespace), None when it is unbound."""
         shadowed: set[str] = set()
         for prefix, bound in reversed([binding for scope in self._scopes for binding in scope]):
@@ -197,7 +197,7 @@ class _Scan:
         array = self.array
         if (uri, local) == (RDF, "Description") and self.description is None:
             self.description = self._opening = element
-            self.dc_prefix = self._prefix(DC)
+            self.dc_prefix = self._bound_prefix(DC)
         elif parent == (DC, "subject") and uri == RDF and local in _ARRAYS and array is None:
             self.array = self._opening = element
         elif array is not None and array.close < 0 and element.depth == array.depth + 1:
@@ -242,19 +242,21 @@ def _split(name: str) -> tuple[str, str, str]:
     return parts[0], parts[1], f"{parts[2]}:{parts[1]}" if len(parts) == 3 else parts[1]
 
 
-def _subject(items: list[str], rdf_like: str, dc_prefix: str | None, pad: str) -> str:
+def _subject(items: list[str], rdf: str, dc: str | None, pad: str) -> str:
     """A dc:subject Bag to insert at indentation ``pad``; it declares dc itself when dc is not in scope."""
-    dc = "dc:subject" if dc_prefix is None else f"{dc_prefix}:subject".lstrip(":")
-    declare = f' xmlns:dc="{DC}"' if dc_prefix is None else ""
-    bag, li = _like(rdf_like, "Bag"), _like(rdf_like, "li")
-    lines = [f"<{dc}{declare}>", f" <{bag}>", *(f"  <{li}>{item}</{li}>" for item in items), f" </{bag}>"]
-    return "".join(f"\n{pad}{line}" for line in [*lines, f"</{dc}>"])
+    name, declare = (_q("dc", "subject"), f' xmlns:dc="{DC}"') if dc is None else (_q(dc, "subject"), "")
+    bag, li = _q(rdf, "Bag"), _q(rdf, "li")
+    lines = [f"<{name}{declare}>", f" <{bag}>", *(f"  <{li}>{item}</{li}>" for item in items), f" </{bag}>"]
+    return "".join(f"\n{pad}{line}" for line in [*lines, f"</{name}>"])
 
 
-def _like(qname: str, local: str) -> str:
-    """``local`` with the prefix of ``qname``, so inserted elements use the document's own prefixes."""
-    prefix, colon, _ = qname.rpartition(":")
-    return f"{prefix}{colon}{local}"
+def _q(prefix: str, local: str) -> str:
+    """A name as written in the document: with the document's own prefix, none for a default namespace."""
+    return f"{prefix}:{local}" if prefix else local
+
+
+def _prefix_of(qname: str) -> str:
+    return qname.rpartition(":")[0]
 
 
 def _line(whitespace: str) -> str:
