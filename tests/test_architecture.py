@@ -10,6 +10,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "ctran"
 # Lower layers never import higher ones; modules of one layer import each other only within their package.
 LAYERS = {
     "states": 0,
+    "sqlite": 0,
     "errors": 0,
     "files": 0,
     "devices": 1,
@@ -23,10 +24,11 @@ LAYERS = {
     "comparison": 4,
     "training": 4,
     "inference": 5,
-    "serving": 6,
     "tagging": 6,
-    "demo": 6,
-    "cli": 7,
+    "annotation": 7,
+    "serving": 8,
+    "demo": 8,
+    "cli": 9,
 }
 
 

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from ctran.sqlite import connect, transaction
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS images (
@@ -73,11 +74,7 @@ class Manifest:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(SCHEMA)
+        self._db = connect(path, SCHEMA)
 
     def close(self) -> None:
         self._db.close()
@@ -93,12 +90,12 @@ class Manifest:
 
     def pending(self, fingerprint: str, records: Iterable[Record]) -> None:
         """Before a batch's files are written: their original bytes, to resume from if the run dies."""
-        with self._transaction():
+        with transaction(self._db):
             self._upsert(fingerprint, "pending", records)
 
     def done(self, fingerprint: str, records: Iterable[Record], output: Path | None = None) -> None:
         """After a batch's files (and its ``--jsonl`` lines, up to ``output``'s size now) are written."""
-        with self._transaction():
+        with transaction(self._db):
             self._upsert(fingerprint, "done", records)
             if output is not None:
                 self._db.execute(
@@ -131,19 +128,3 @@ class Manifest:
             for r in records
         ]
         self._db.executemany("INSERT OR REPLACE INTO images VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
-
-    def _transaction(self) -> _Transaction:
-        return _Transaction(self._db)
-
-
-class _Transaction:
-    """``BEGIN IMMEDIATE`` ... ``COMMIT`` (``ROLLBACK`` on error): a batch step is recorded whole or not."""
-
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self._db = db
-
-    def __enter__(self) -> None:
-        self._db.execute("BEGIN IMMEDIATE")
-
-    def __exit__(self, kind: object, *_: object) -> None:
-        self._db.execute("ROLLBACK" if kind else "COMMIT")

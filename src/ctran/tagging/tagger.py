@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from ctran.data.transforms import eval_transform, load_image
+from ctran.data.transforms import decode_side, eval_transform, load_image
 from ctran.errors import CTranError
 from ctran.files import atomic_write_bytes
 from ctran.inference.predictor import Predictor
@@ -64,6 +64,7 @@ class LibraryImages(Dataset):
     def __init__(self, items: Sequence[Item], predictor: Predictor, options: TagOptions) -> None:
         self.items, self.options = items, options
         self.transform = eval_transform(predictor.image_size, predictor.scale_size, predictor.normalization)
+        self.side = decode_side(predictor.image_size, predictor.scale_size)  # big JPEGs decode at a fraction
 
     def __len__(self) -> int:
         return len(self.items)
@@ -75,7 +76,7 @@ class LibraryImages(Dataset):
         except CTranError as err:
             return Sample(item, problem="unreadable tag file", error=str(err))
         try:
-            pixels = self.transform(load_image(item.image))
+            pixels = self.transform(load_image(item.image, self.side))
         except (OSError, ValueError, SyntaxError) as err:
             message = f"{item.image}: cannot read image ({type(err).__name__}: {err})"
             return Sample(item, problem="unreadable image", error=message)

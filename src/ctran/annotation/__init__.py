@@ -1,0 +1,1 @@
+"""A library annotated with the model in the loop: every answer kept, and learnt from."""
