@@ -123,3 +123,36 @@ def test_a_killed_writer_loses_at_most_the_answer_in_flight(tmp_path: Path) -> N
     kept = {a.image for a in store.history()}
     store.close()
     assert {f"img{i}.jpg" for i in range(confirmed + 1)} <= kept  # every answer that returned is there
+
+
+def test_a_library_imports_existing_captions_once_and_refuses_paths_outside(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from ctran.annotation.library import Library
+
+    root = tmp_path / "lib"
+    (root / "trip").mkdir(parents=True)
+    (root / ".ctran").mkdir()
+    for name in ("a.png", "trip/b.png", ".ctran/c.png"):
+        Image.new("RGB", (8, 8)).save(root / name)
+    (root / "a.txt").write_text("Cat, -dog, my trip", encoding="utf-8")
+    (root / "trip" / "b.txt").write_bytes(b"\xff\xfe\x00")  # unreadable: reported, left alone
+    library = Library(root)
+    library.store.add_labels(["cat", "dog", "sky"])
+    assert library.images == ["a.png", "trip/b.png"]
+    recorded, problems = library.import_tags()
+    assert recorded == 2 and len(problems) == 1 and "b.txt" in problems[0]
+    assert library.store.state("a.png") == {"cat": True, "dog": False}
+    assert library.import_tags()[0] == 0  # unchanged captions are not imported twice
+    library.store.answer("a.png", "cat", False, "ann")
+    assert library.import_tags()[0] == 0 and library.store.state("a.png")["cat"] is False
+    (root / "a.txt").write_text("cat, sky", encoding="utf-8")  # edited since: imported again
+    assert library.import_tags()[0] == 2 and library.store.state("a.png") == {
+        "cat": True,
+        "dog": False,
+        "sky": True,
+    }
+    for outside in ("../secret.png", str(root / "a.png"), ".ctran/c.png"):
+        with pytest.raises(CTranError, match="no image"):
+            library.path(outside)
+    library.close()

@@ -12,6 +12,7 @@ write at once; SQLite serialises the writers.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -40,6 +41,10 @@ CREATE TABLE IF NOT EXISTS answers (
     undoes INTEGER REFERENCES answers(id)
 );
 CREATE INDEX IF NOT EXISTS answers_by_image ON answers (image, label, id);
+CREATE TABLE IF NOT EXISTS imports (
+    image TEXT PRIMARY KEY,
+    versions TEXT NOT NULL  -- {tag file: sha256 or null} as last imported
+);
 CREATE INDEX IF NOT EXISTS answers_by_annotator ON answers (annotator, id);
 """
 
@@ -147,6 +152,26 @@ class AnswerStore:
             ).fetchone()
             value = None if before is None or before[0] is None else bool(before[0])
             return self._insert(image_id, label, value, "undo", annotator, time.time(), target)
+
+    def imported(self, image: str) -> dict[str, str | None] | None:
+        """The versions of the image's tag files last imported (None: never)."""
+        with self._lock:
+            row = self._db.execute("SELECT versions FROM imports WHERE image = ?", (image,)).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def record_import(
+        self,
+        image: str,
+        versions: dict[str, str | None],
+        items: Sequence[tuple[str, str, bool | None]],
+        annotator: str,
+    ) -> None:
+        """An image's tags imported from its files, and which versions they were, in one transaction."""
+        now = time.time()
+        with self._lock, transaction(self._db):
+            for item_image, label, value in items:
+                self._insert(item_image, label, value, "imported", annotator, now, None)
+            self._db.execute("INSERT OR REPLACE INTO imports VALUES (?, ?)", (image, json.dumps(versions)))
 
     def state(self, image: str) -> dict[str, bool]:
         """The image's current answers: label -> yes/no (cleared and never-answered labels are absent)."""
