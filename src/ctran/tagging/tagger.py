@@ -14,6 +14,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -23,10 +24,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from ctran.data.images import DECODE_ERRORS
 from ctran.data.transforms import decode_side, eval_transform, load_image
 from ctran.errors import CTranError
 from ctran.files import atomic_write_bytes
 from ctran.inference.predictor import Predictor
+from ctran.states import UNKNOWN
 from ctran.tagging.captions import caption_path
 from ctran.tagging.manifest import Manifest, Record, digest, file_digest
 from ctran.tagging.matching import Matched, TagMatcher, normalise
@@ -77,7 +80,7 @@ class LibraryImages(Dataset):
             return Sample(item, problem="unreadable tag file", error=str(err))
         try:
             pixels = self.transform(load_image(item.image, self.side))
-        except (OSError, ValueError, SyntaxError) as err:
+        except DECODE_ERRORS as err:
             message = f"{item.image}: cannot read image ({type(err).__name__}: {err})"
             return Sample(item, problem="unreadable image", error=message)
         return Sample(item, pixels, files)
@@ -119,7 +122,7 @@ def tag_library(
             )
             with tqdm(total=len(todo), unit="img", desc="tag", disable=not progress) as bar:
                 for batch in loader:
-                    step(batch, bar)
+                    step(batch)
                     bar.update(len(batch))
     finally:
         if manifest is not None:
@@ -219,7 +222,7 @@ class _Step:
         self.manifest, self.summary, self.out = manifest, summary, out
         self.lines: _Lines | None = None
 
-    def __call__(self, batch: list[Sample], bar: tqdm) -> None:
+    def __call__(self, batch: list[Sample]) -> None:
         ready = []
         for sample in batch:
             if sample.problem is None:
@@ -270,13 +273,12 @@ class _Step:
     def _result(self, sample: Sample, matched: Matched, probs: torch.Tensor, states: torch.Tensor) -> _Result:
         """The labels to add: unknown, at or above their cut and ``--min-prob``, most probable first."""
         names = self.predictor.target_names
-        unknown = [j for j in range(len(names)) if states[j] < 0]
-        passing = [j for j in unknown if probs[j] >= self.cuts[j] and probs[j] >= self.options.min_prob]
-        passing.sort(key=lambda j: -float(probs[j]))
-        if self.options.max_tags is not None:
-            passing = passing[: self.options.max_tags]
-        added = [names[j] for j in passing]
-        return _Result(sample, matched, added, {n: float(probs[j]) for j, n in enumerate(names)})
+        p = probs.numpy()  # (T,)
+        unknown = states[: len(names)].numpy() == UNKNOWN  # (T,)
+        passing = np.flatnonzero(unknown & (p >= self.cuts) & (p >= self.options.min_prob))
+        passing = passing[np.argsort(-p[passing], kind="stable")][: self.options.max_tags]
+        every = dict(zip(names, p.tolist(), strict=True)) if self.lines is not None else {}
+        return _Result(sample, matched, [names[j] for j in passing], every)
 
     def _write(self, results: list[_Result]) -> None:
         plans = []
@@ -288,14 +290,14 @@ class _Step:
         if self.options.mode == "dry-run":
             for result, changes in plans:
                 self._show(result, changes)
-                self._count(result, changes)
+                self._count(result)
             return
         if self.manifest is not None:
             self.manifest.pending(self.fingerprint, [self._record(r, c, before=True) for r, c in plans])
         kept = []
         for result, changes in plans:
             if self._apply(result, changes):
-                self._count(result, changes)
+                self._count(result)
                 kept.append((result, changes))
         if self.lines is not None:
             self.lines.write([r.line() for r, _ in kept])
@@ -359,7 +361,7 @@ class _Step:
         )
         return Record(str(image.resolve()), files, originals, list(dict.fromkeys(earlier + result.added)))
 
-    def _count(self, result: _Result, changes: dict) -> None:
+    def _count(self, result: _Result) -> None:
         self.summary.tagged += 1
         self.summary.tags_added += len(result.added)
         self.summary.added.update(result.added)
@@ -423,17 +425,9 @@ class _Lines:
         self._handle.close()
 
 
-class _NoLines:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *_: object) -> None:
-        return None
-
-
-def _jsonl(path: Path | None, manifest: Manifest | None, fingerprint: str) -> _Lines | _NoLines:
+def _jsonl(path: Path | None, manifest: Manifest | None, fingerprint: str) -> _Lines | nullcontext:
     """The ``--jsonl`` file: continued where a killed run with the same settings left it, else new."""
     if path is None:
-        return _NoLines()
+        return nullcontext()
     keep = (manifest.output_size(path, fingerprint) if manifest is not None else None) or 0
     return _Lines(path, keep)
