@@ -423,3 +423,63 @@ def test_a_checkpoint_without_extra_names_has_no_extra_labels(tmp_path: Path) ->
     assert predictor.extra_names == [] and predictor.label_names == TARGETS
     [result] = predictor.predict(torch.zeros(3, 48, 48), known={"cat": True})
     assert list(result.probs) == ["dog", "person", "car"]
+
+
+@pytest.fixture(scope="module")
+def resnet_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A resnet18 C-Tran whose BatchNorms hold non-trivial statistics, so that folding them matters."""
+    torch.manual_seed(0)
+    config = {"kind": "ctran", "num_labels": 4, "backbone": "resnet18", "dim": 32, "layers": 1, "heads": 2}
+    model = ctran.model.build_from_config(config)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.2, 0.2)
+                module.running_var.uniform_(0.5, 1.5)
+                module.weight.uniform_(0.3, 1.2)
+    path = tmp_path_factory.mktemp("resnet") / "r18.pt"
+    return save_checkpoint(path, model, config, TARGETS, (), image_size=64)
+
+
+def test_load_model_is_the_trainable_model_and_load_the_fused_one(resnet_checkpoint: Path) -> None:
+    """``ctran.load(path).model`` is fused for inference (no ``conv1``, no training); ``ctran.load_model``
+    has the backbone's original layers, trains, and gives the fused model's outputs."""
+    predictor = ctran.load(resnet_checkpoint)
+    assert not hasattr(predictor.model.backbone.body, "conv1")
+    with pytest.raises(RuntimeError, match="for inference only"):
+        predictor.model.train()(torch.randn(1, 3, 64, 64), torch.full((1, 4), -1))
+    predictor.model.eval()
+    model = ctran.load_model(resnet_checkpoint)
+    assert isinstance(model.backbone.body.conv1, torch.nn.Conv2d)
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    assert {p.dtype for p in model.parameters()} == {torch.float32} and not model.training
+    images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    states = torch.tensor([[-1, 1, 0, -1], [1, -1, -1, 0]])
+    with torch.inference_mode():
+        expected = predictor.model(images, states)
+        torch.testing.assert_close(model(images, states), expected, atol=1e-5, rtol=1e-5)
+    model.train()
+    before = model.backbone.body.conv1.weight.detach().clone()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    model(images, states).sum().backward()
+    optimizer.step()
+    assert not torch.equal(model.backbone.body.conv1.weight, before)  # a real training step
+
+
+def test_load_without_fusion_keeps_the_layers_and_the_predictions(resnet_checkpoint: Path) -> None:
+    fused, plain = ctran.load(resnet_checkpoint), ctran.load(resnet_checkpoint, fuse=False)
+    assert isinstance(plain.model.backbone.body.conv1, torch.nn.Conv2d)
+    pixels = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(4))
+    expected, got = fused.predict(pixels, known={"dog": True}), plain.predict(pixels, known={"dog": True})
+    for a, b in zip(expected, got, strict=True):
+        assert a.probs == pytest.approx(b.probs, abs=1e-5)
+
+
+def test_load_model_opens_baseline_checkpoints_too(tmp_path: Path) -> None:
+    model = build_baseline(4, backbone="small_cnn")
+    config = {"kind": "baseline", "backbone": "small_cnn", "num_labels": 4}
+    path = save_checkpoint(tmp_path / "b.pt", model, config, TARGETS, ())
+    loaded = ctran.load_model(path)
+    assert type(loaded) is type(model)
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key

@@ -1,7 +1,9 @@
 """ctran: C-Tran multi-label image classification, conditioned on the labels you already know.
 
 The public names are imported on first use (PEP 562), so ``import ctran`` and ``ctran --help`` do not pay
-for torch; ``ctran.load``, ``ctran.build_model`` and the state constants behave as plain attributes.
+for torch; ``ctran.load``, ``ctran.load_model``, ``ctran.build_model`` and the state constants behave as
+plain attributes. ``ctran.load(path)`` opens a checkpoint for prediction (a ``Predictor`` over a model fused
+for inference); ``ctran.load_model(path)`` returns the trainable ``torch.nn.Module`` with its original layers.
 """
 
 from __future__ import annotations
@@ -9,10 +11,20 @@ from __future__ import annotations
 import importlib
 
 __version__ = "0.1.0"
-__all__ = ["NEGATIVE", "POSITIVE", "UNKNOWN", "__version__", "build_baseline", "build_model", "load"]
+__all__ = [
+    "NEGATIVE",
+    "POSITIVE",
+    "UNKNOWN",
+    "__version__",
+    "build_baseline",
+    "build_model",
+    "load",
+    "load_model",
+]
 
 _HOMES = {
     "load": "ctran.inference",
+    "load_model": "ctran.checkpoint",
     "build_model": "ctran.model",
     "build_baseline": "ctran.model",
     "NEGATIVE": "ctran.states",

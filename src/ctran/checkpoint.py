@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from ctran.devices import resolve_device
 from ctran.errors import CTranError
 from ctran.files import atomic_write
 from ctran.model import build_from_config
@@ -99,6 +100,17 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tup
     model = build_from_config(payload["model_config"])
     model.load_state_dict(payload.pop("state_dict"))
     return model.to(device).eval(), payload
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu") -> torch.nn.Module:
+    """The checkpoint's model as trained, for training, fine-tuning or inspecting its weights.
+
+    Every original layer is there (the backbone's ``conv1``, its BatchNorms) in float32, in eval mode (call
+    ``.train()`` to train). ``ctran.load(path)`` is the one for prediction: it returns a ``Predictor`` whose
+    model is rewritten for speed and cannot be trained. Works for C-Tran and baseline checkpoints alike.
+    """
+    model, _ = load_checkpoint(path, resolve_device(device))
+    return model
 
 
 @dataclass

@@ -1,5 +1,15 @@
 """A trained C-Tran ready for use: ``ctran.load(path)`` returns a ``Predictor``.
 
+Two ways to open a checkpoint, for two jobs:
+
+- ``ctran.load(path)``: a ``Predictor`` for inference. Its ``.model`` is rewritten for speed
+  (``ctran.inference.fusion``: BatchNorm folded into the convolutions, so the backbone has no ``conv1``/
+  ``bn1`` of its own; weights stored in the compute precision); it gives the trained model's outputs up to
+  float rounding and refuses training mode. ``ctran.load(path, fuse=False)`` predicts with the model's own
+  modules instead (slower; for inspecting or hooking its layers while predicting).
+- ``ctran.load_model(path)``: the trainable ``torch.nn.Module`` itself, every original layer in float32
+  (``ctran.checkpoint.load_model``): to fine-tune, inspect weights or export by other means.
+
 The predictor decodes and resizes images the way the model was evaluated, turns ``known``/``extra`` label
 dicts into label states, and returns per-image results in label names. Its work is split like the model's:
 ``encode`` runs everything that does not depend on the label states once and keeps it (``Features``);
@@ -78,10 +88,13 @@ class Prediction:
 
 
 class Predictor:
-    """Predict, re-condition and explain with a C-Tran model; ``model`` is the plain ``torch.nn.Module``.
+    """Predict, re-condition and explain with a C-Tran model.
 
-    ``precision`` is ``"fp32"`` (the model's numerics), ``"bf16"``, ``"fp16"`` (CUDA) or ``"auto"``; see
-    ``ctran.inference.performance`` for what each costs and changes.
+    ``model`` is the ``torch.nn.Module`` it runs, in eval mode. From ``ctran.load(path)`` that is the
+    inference-fused module (``ctran.inference.fusion``: no BatchNorm or ``conv1`` in the backbone, weights in
+    the compute precision, training mode refused); for the trainable model with its original layers use
+    ``ctran.load_model(path)``. ``precision`` is ``"fp32"`` (the model's numerics), ``"bf16"``, ``"fp16"``
+    (CUDA) or ``"auto"``; see ``ctran.inference.performance`` for what each costs and changes.
     """
 
     def __init__(
@@ -466,12 +479,16 @@ def load(
     precision: str = "fp32",
     channels_last: bool | None = None,
     compile: bool = False,
+    fuse: bool = True,
 ) -> Predictor:
     """Open a ctran checkpoint for prediction: ``ctran.load("ctran.pt").predict("photo.jpg")``.
 
-    ``precision``, ``channels_last`` and ``compile`` are the speed switches of
+    ``precision``, ``channels_last``, ``compile`` and ``fuse`` are the speed switches of
     ``ctran.inference.performance``; the defaults reproduce the model's float32 results. ``channels_last``
     defaults to on with a reduced precision (the layout its convolutions run fastest in), off in fp32.
+    With ``fuse`` (the default) the predictor's ``.model`` is rewritten for inference only (no BatchNorm,
+    no ``conv1``; see ``ctran.inference.fusion``); ``fuse=False`` keeps the model's own modules. To train or
+    fine-tune, open the checkpoint with ``ctran.load_model(path)`` instead.
     """
     device = resolve_device(device)
     model, meta = load_checkpoint(path, device)
@@ -481,7 +498,7 @@ def load(
     if channels_last is None:
         channels_last = precision != "fp32"
     return Predictor(
-        optimize_for_inference(model, channels_last, compile, precision),
+        optimize_for_inference(model, channels_last, compile, precision, fuse),
         meta["target_names"],
         meta.get("extra_names", ()),
         meta.get("image_size"),
