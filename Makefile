@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench gpu-check soak mutants clean venv
+.PHONY: demo test lint docs docs-build bench gpu-check soak mutants clean venv
 
 venv: $(STAMP)
 
@@ -24,6 +24,14 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# The documentation site (MkDocs + Material): `make docs` serves it at http://127.0.0.1:8000 and rebuilds on
+# every edit; `make docs-build` writes it to site/ with --strict (`make test` runs the same strict build).
+docs: $(STAMP)
+	$(BIN)/mkdocs serve
+
+docs-build: $(STAMP)
+	$(BIN)/mkdocs build --strict --site-dir site
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
@@ -50,4 +58,4 @@ mutants: $(STAMP)
 	$(BIN)/python scripts/mutation_report.py --out runs/mutants
 
 clean:
-	rm -rf runs .pytest_cache mutants
+	rm -rf runs .pytest_cache mutants site

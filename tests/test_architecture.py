@@ -12,6 +12,7 @@ LAYERS = {
     "states": 0,
     "sqlite": 0,
     "errors": 0,
+    "extras": 1,
     "files": 0,
     "devices": 1,
     "normalization": 0,

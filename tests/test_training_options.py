@@ -555,7 +555,7 @@ def test_without_tensorboard_training_says_so_once_and_keeps_metrics_csv(
     err = capsys.readouterr().err
     assert err.count("TensorBoard") == 1
     assert (
-        "ctran: TensorBoard logs are off (the tensorboard package is not installed: "
+        "ctran: TensorBoard logs are off (writing them needs tensorboard, which is not installed: "
         "pip install 'ctran[tensorboard]'); metrics.csv has every epoch\n"
     ) in err.splitlines(keepends=True)
     assert not (tmp_path / "tensorboard").exists() and (tmp_path / "metrics.csv").is_file()

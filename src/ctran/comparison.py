@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ctran.errors import CTranError
+from ctran.extras import pyplot
 from ctran.report import COLUMN_NAMES, SAME_ENTRIES, settings_by_name
 
 TABLE_KEYS = ("mAP", *SAME_ENTRIES, "CP", "CR", "CF1", "OP", "OR", "OF1")
@@ -198,10 +199,7 @@ def markdown(comparison: dict, metric: str = "mAP") -> str:
 
 def plot(comparison: dict, path: str | Path, metric: str = "mAP") -> Path:
     """Grouped bars: one group per setting, one bar per run, the value on each bar."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot("the comparison plot")
 
     names = [run["name"] for run in comparison["runs"]]
     settings = list(comparison["settings"])

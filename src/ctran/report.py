@@ -6,6 +6,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+from ctran.extras import pyplot
 from ctran.files import atomic_write_bytes
 from ctran.metrics import METRIC_KEYS
 
@@ -157,10 +158,7 @@ def plot_map_vs_known(
     ``curves`` maps a model name to its evaluation results (``regular`` + ``partial``); ``extra`` maps a model
     name to its extra-label mAP, drawn as a horizontal reference line.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot("the mAP-against-known plot")
 
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for name, results in curves.items():

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ctran.errors import CTranError
+from ctran.extras import require
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -33,6 +34,7 @@ def run(args: argparse.Namespace) -> int:
     from ctran.comparison import compare_runs, load_results, markdown, plot, unique_names
     from ctran.report import write_json
 
+    require("viz", "ctran compare (its compare.png)")
     runs = unique_names([result for source in args.sources for result in load_results(source)])
     comparison = compare_runs(runs)
     available = {key for row in comparison["settings"].values() for m in row.values() if m for key in m}

@@ -8,6 +8,7 @@ import warnings
 from pathlib import Path
 
 from ctran.cli.args import DATASET_FORMATS, add_quiet_flag, dataset_options, show_progress
+from ctran.extras import require
 
 
 def add_dataset_arguments(parser: argparse.ArgumentParser, split_help: str) -> None:
@@ -204,6 +205,7 @@ def _run_stats(args: argparse.Namespace) -> int:
     from ctran.data import inspection
     from ctran.report import write_json
 
+    require("viz", "ctran data stats")
     top = positive(args.top, "--top")
     split, dataset = _open(args)
     names = list(dataset.target_names)

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ctran.cli.args import add_quiet_flag, parse_sizes, positive, show_progress
+from ctran.extras import require
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -41,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
     from ctran.demo import demo_config, run_demo, worked_example
     from ctran.report import write_json
 
+    require("viz", "ctran demo (its map_vs_known.png)")
     overrides = [f"seed={args.seed}", f"train.device={args.device}", f"train.precision={args.precision}"]
     if args.epochs is not None:
         overrides.append(f"train.epochs={positive(args.epochs, '--epochs')}")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ctran.cli.args import positive
 from ctran.cli.predict import add_label_options
+from ctran.extras import require
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -46,6 +47,7 @@ def _run_explain(args: argparse.Namespace) -> int:
     from ctran.inference.known import parse_spec
     from ctran.report import write_json
 
+    require("viz", "ctran explain")
     predictor = load(args.checkpoint, args.device)
     labels = [name.strip() for name in args.labels.split(",") if name.strip()] if args.labels else None
     explanation = predictor.explain(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ctran.errors import CTranError
+from ctran.extras import require
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -39,7 +39,7 @@ def _run_export(args: argparse.Namespace) -> int:
 
     fmt = format_for(args.out, args.format)
     if fmt == "onnx":
-        _require("onnx", "ONNX export")
+        require("export", "ONNX export", ("onnx",))
     predictor = load(args.checkpoint)
     path = export(predictor, args.out, fmt, args.opset)
     summary = {
@@ -56,17 +56,10 @@ def _run_export(args: argparse.Namespace) -> int:
     }
     if not args.no_verify:
         if fmt == "onnx":
-            _require("onnxruntime", "checking the ONNX file (or pass --no-verify)")
+            require("export", "checking the ONNX file (or pass --no-verify)", ("onnxruntime",))
         summary["max_abs_diff_vs_pytorch"] = verify(predictor, path, fmt)
     lines = ["| field | value |", "|---|---|"] + [f"| {key} | {value} |" for key, value in summary.items()]
     print("\n".join(lines))
     if args.json:
         write_json(args.json, summary)
     return 0
-
-
-def _require(module: str, purpose: str) -> None:
-    import importlib.util
-
-    if importlib.util.find_spec(module) is None:
-        raise CTranError(f"{purpose} needs the {module} package: pip install 'ctran[export]'")

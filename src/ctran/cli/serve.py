@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ctran.cli.args import THRESHOLD_DEFAULT, positive
 from ctran.errors import CTranError
+from ctran.extras import require
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -78,6 +79,7 @@ def _candidates(value: int) -> int | None:
 
 
 def _run_serve(args: argparse.Namespace) -> int:
+    require("serve", "ctran serve")
     from ctran.inference import load
     from ctran.report import write_json
     from ctran.serving import create_app

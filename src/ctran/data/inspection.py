@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from ctran.data.images import DECODE_ERRORS
 from ctran.data.transforms import load_image
+from ctran.extras import pyplot
 
 CHUNK = 65_536
 
@@ -101,18 +102,9 @@ def top_labels(counts: np.ndarray, top: int) -> np.ndarray:
     return np.argsort(-counts, kind="stable")[:top]
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_label_frequency(names: list[str], counts: np.ndarray, path: str | Path, title: str) -> Path:
     """Bar chart of positives per label, most frequent first."""
-    plt = _pyplot()
+    plt = pyplot("drawing label statistics")
     fig, ax = plt.subplots(figsize=(max(6.0, 0.18 * len(names) + 2), 4.5))
     ax.bar(range(len(names)), counts, color="tab:blue")
     ax.set_xticks(range(len(names)), names, rotation=90, fontsize=max(4, min(9, 700 // max(len(names), 1))))
@@ -129,7 +121,7 @@ def plot_label_frequency(names: list[str], counts: np.ndarray, path: str | Path,
 
 def plot_cooccurrence(names: list[str], counts: np.ndarray, path: str | Path, title: str) -> Path:
     """Heat map of P(column label | row label) = co-occurrences / row label's positives."""
-    plt = _pyplot()
+    plt = pyplot("drawing label statistics")
     conditional = counts / np.maximum(np.diag(counts), 1)[:, None]  # (K, K)
     size = max(5.0, 0.16 * len(names) + 2.5)
     fig, ax = plt.subplots(figsize=(size + 1, size))

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ctran.extras import pyplot
 from ctran.normalization import IMAGENET, Normalization, denormalize
 from ctran.report import write_json
 
@@ -148,15 +149,6 @@ def _caption(explanation: Explanation, label: str) -> str:
     return label  # an extra label left unknown: an input slot, not a prediction
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _overlay(ax, explanation: Explanation, label: str, fontsize: int) -> None:
     """The picture with the label's heat-map on top, stretched to its own range (where, not how much)."""
     heat = explanation.heatmap(label)
@@ -169,7 +161,7 @@ def _overlay(ax, explanation: Explanation, label: str, fontsize: int) -> None:
 
 def plot_heatmaps(explanation: Explanation, labels: list[str], path: str | Path) -> Path:
     """One panel per label: the picture with that label's attention overlaid (each map scaled to its max)."""
-    plt = _pyplot()
+    plt = pyplot("drawing attention maps")
     fig, axes = plt.subplots(1, len(labels), figsize=(3.2 * len(labels), 3.4), squeeze=False)
     for ax, label in zip(axes[0], labels, strict=True):
         _overlay(ax, explanation, label, fontsize=9)
@@ -178,7 +170,7 @@ def plot_heatmaps(explanation: Explanation, labels: list[str], path: str | Path)
 
 def plot_overview(explanation: Explanation, path: str | Path) -> Path:
     """The input, then every explained label's heat-map, in one row."""
-    plt = _pyplot()
+    plt = pyplot("drawing attention maps")
     panels = len(explanation.labels) + 1
     fig, axes = plt.subplots(1, panels, figsize=(2.6 * panels, 3.0), squeeze=False)
     axes[0, 0].imshow(explanation.picture, interpolation="nearest")
@@ -193,7 +185,7 @@ def plot_overview(explanation: Explanation, path: str | Path) -> Path:
 
 def plot_label_attention(explanation: Explanation, path: str | Path) -> Path:
     """The label-to-label attention among the explained and known labels (rows attend to columns)."""
-    plt = _pyplot()
+    plt = pyplot("drawing attention maps")
     names = explanation.shown_labels()
     index = [explanation.label_names.index(name) for name in names]
     matrix = explanation.label_attention[np.ix_(index, index)]

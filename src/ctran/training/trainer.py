@@ -46,6 +46,7 @@ from ctran.config import Config
 from ctran.data.base import LabeledImages, Sample
 from ctran.devices import resolve_device
 from ctran.errors import CTranError
+from ctran.extras import install_hint
 from ctran.files import atomic_write_bytes
 from ctran.states import NEGATIVE, UNKNOWN
 from ctran.training.distributed import (
@@ -481,11 +482,8 @@ def _tensorboard_writer() -> type | None:
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
-        print(
-            "ctran: TensorBoard logs are off (the tensorboard package is not installed: "
-            "pip install 'ctran[tensorboard]'); metrics.csv has every epoch",
-            file=sys.stderr,
-        )
+        hint = install_hint("tensorboard", "writing them", ["tensorboard"])
+        print(f"ctran: TensorBoard logs are off ({hint}); metrics.csv has every epoch", file=sys.stderr)
         return None
     return SummaryWriter
 
