@@ -28,10 +28,10 @@ test: $(STAMP)
 # The documentation site (MkDocs + Material): `make docs` serves it at http://127.0.0.1:8000 and rebuilds on
 # every edit; `make docs-build` writes it to site/ with --strict (`make test` runs the same strict build).
 docs: $(STAMP)
-	$(BIN)/mkdocs serve
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
 
 docs-build: $(STAMP)
-	$(BIN)/mkdocs build --strict --site-dir site
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -1,4 +1,4 @@
-"""The README's Python snippets run as written (the ONNX one end to end, preprocessing included)."""
+"""The documentation's Python snippets run as written (the ONNX one end to end, preprocessing included)."""
 
 from __future__ import annotations
 
@@ -15,13 +15,19 @@ import ctran
 from ctran.checkpoint import save_checkpoint
 from ctran.data.digit_scenes import CONTEXT_NAMES, DIGIT_NAMES, TAG_NAMES
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = sorted((ROOT / "docs").rglob("*.md"))
 
 
 def python_block(containing: str) -> str:
-    """The one ```python block of the README that contains ``containing``."""
-    blocks = [b for b in re.findall(r"```python\n(.*?)```", README.read_text(), re.S) if containing in b]
-    assert len(blocks) == 1, f"{len(blocks)} README python blocks contain {containing!r}"
+    """The one ```python block of the README and docs/ pages that contains ``containing``."""
+    blocks = [
+        block
+        for page in PAGES
+        for block in re.findall(r"```python\n(.*?)```", page.read_text(), re.S)
+        if containing in block
+    ]
+    assert len(blocks) == 1, f"{len(blocks)} python blocks of the docs contain {containing!r}"
     return blocks[0]
 
 
