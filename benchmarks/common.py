@@ -33,6 +33,7 @@ from ctran.inference.performance import optimize_for_inference
 from ctran.model import CTran, build_model
 from ctran.report import write_json
 from ctran.training.precision import autocast, resolve_precision
+from reference import REFERENCE
 
 Call = Callable[[], object]
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -220,9 +221,11 @@ def contract_row(
     **details: object,
 ) -> dict:
     """One row of ``latest.json``: ``ratio`` is ours/ref throughput (``ratio_range``: its per-round
-    extremes); ``fraction_of_peak`` is the FLOP rate ours achieved over this machine's measured matmul peak
-    (``None`` where it does not apply)."""
+    extremes), ``against`` what ref is (``REFERENCE`` unless given) and ``threads`` torch's CPU threads;
+    ``fraction_of_peak`` is the FLOP rate ours achieved over this machine's measured matmul peak (``None``
+    where it does not apply)."""
     ours, ref = rates(ours_s, items), rates(ref_s, items)
+    against = details.pop("against", REFERENCE) if ref_s else None
     achieved = flops_per_item * ours["per_s"] if flops_per_item else None
     return {
         "name": name,
@@ -237,6 +240,8 @@ def contract_row(
         "ref_per_s_range": [_round(ref["per_s_min"]), _round(ref["per_s_max"])] if ref_s else None,
         "repeats": len(ours_s),
         "clock": clock_name(),
+        "threads": torch.get_num_threads(),
+        "against": against,
         "gflops_per_item": _round(flops_per_item / 1e9) if flops_per_item else None,
         **details,
     }
@@ -279,14 +284,16 @@ def _parity_cell(row: dict) -> str:
 def markdown_table(rows: list[dict]) -> str:
     """One line per row; "n/a" where a value does not apply or was not measured.
 
-    ``ours/ref`` compares the two at the row's numerics (``numerics``: precision and layout, the same on
-    both sides), with its per-round range; ``bf16 gain`` is ours in bf16 over ours in float32, measured in
-    the same interleaved rounds; ``parity`` is the max abs logit difference checked before timing.
+    ``ours/ref`` compares the two at the row's numerics (``numerics``: precision and layout, the same on both
+    sides), with its per-round range; ``bf16 gain`` is ours in bf16 over ours in float32, measured in the
+    same interleaved rounds; ``parity`` is the max abs logit difference checked before timing; ``threads``
+    is torch's CPU threads and ``ref is`` what ours was timed against (the re-implemented reference or the
+    official code).
     """
     lines = [
         "| name | numerics (both) | ours/s | ref/s | ours/ref (range) | bf16 gain | parity | ours peak MB "
-        "| ref peak MB | fraction of peak | rounds |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| ref peak MB | fraction of peak | rounds | threads | ref is |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         cells = [
@@ -301,6 +308,8 @@ def markdown_table(rows: list[dict]) -> str:
             _ref_peak_cell(r),
             _cell(r["fraction_of_peak"], ".1%"),
             str(r["repeats"]),
+            str(r.get("threads", "n/a")),
+            r.get("against") or "n/a",
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

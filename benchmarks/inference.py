@@ -25,9 +25,11 @@ Run: ``.venv/bin/python benchmarks/inference.py --threads 1`` (see ``--help``).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from common import (
     COMPILED,
@@ -59,7 +61,7 @@ from ctran.training.evaluation import Setting, evaluate
 from ctran.training.loaders import eval_loader
 from ctran.training.run import build_datasets
 from peak import count_flops, machine_peaks
-from reference import PARITY_ATOL, check_parity, reference_from
+from reference import PARITY_ATOL, REFERENCE, check_parity, reference_from
 
 BF16_ATOL = 0.1  # max abs logit difference between ours and the reference, both in bf16 (logits ~1-10)
 HEADLINE_ROUNDS = 5
@@ -120,10 +122,16 @@ def bench(
     variants: list[Variant],
     peaks: dict[str, float],
     budget: Budget,
+    reference: Callable[[CTran], nn.Module] = reference_from,
+    against: str = REFERENCE,
 ) -> list[dict]:
-    """Peak memory and parity on a first call of each, then interleaved timing; one row per variant."""
+    """Peak memory and parity on a first call of each, then interleaved timing; one row per variant.
+
+    ``reference(model)`` builds what ours is timed against (by default the re-implemented official forward
+    pass; ``benchmarks/vs_official.py`` passes the official code itself), named by ``against`` in each row.
+    """
     device = images.device
-    ref = reference_from(model)
+    ref = reference(model)
     calls = {}
     for v in variants:
         calls[f"ours_{v.name}"] = forward(prepared(model, v), images, states, v.precision)
@@ -166,6 +174,7 @@ def bench(
                     (outputs[f"ours_{v.name}"].float() - fp32_ref).abs().max().item(), 5
                 ),
                 logit_tolerance=tolerance(v),
+                against=against,
                 states="mixed unknown/negative/positive",
                 ref_gflops_per_item=round(ref_flops / 1e9, 2),
                 ref_fraction_of_peak=round(ref_flops * per_s[f"ref_{v.name}"] / peaks[v.precision], 4),

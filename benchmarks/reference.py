@@ -32,6 +32,7 @@ from ctran.model import CTran
 from ctran.model.backbone import TimmBackbone
 
 PARITY_ATOL = 1e-4  # float32 logits of ours and the reference; sums over D = 2048 in another order
+REFERENCE = "re-implemented reference (benchmarks/reference.py)"  # what rows are timed against by default
 
 
 class OfficialEncoderLayer(nn.Module):

@@ -1,7 +1,9 @@
 """Run every benchmark and collect its rows: ``make bench`` (about 10 minutes on 2 CPU cores).
 
 Runs ``peak``, ``inference``, ``recondition``, ``label_scaling``, ``training``, ``data_pipeline`` and
-``readout`` in one process (each also writes its own ``benchmarks/results/<name>.json``), then writes
+``readout`` in one process (each also writes its own ``benchmarks/results/<name>.json``), and
+``vs_official`` when an official C-Tran checkout is named (``--official PATH`` or ``$CTRAN_OFFICIAL``;
+otherwise it says so and skips it), then writes
 
 - ``benchmarks/results/latest.json``: ``{"machine": {...}, "rows": [{"name", "ours_per_s", "ref_per_s",
   "ratio", "ours_peak_mb", "ref_peak_mb", "fraction_of_peak", ...}], "targets": [...], ...}``;
@@ -30,6 +32,7 @@ import peak
 import readout
 import recondition
 import training
+import vs_official
 from common import CLOCKS, RESULTS, clock_name, machine_info, markdown_table, setup, write_report
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,6 +56,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="digit-scenes checkpoint for the mAP check (default: runs/demo/ctran.pt from `make demo`)",
     )
     p.add_argument(
+        "--official",
+        default=None,
+        metavar="PATH",
+        help="also time ours against the official C-Tran code of this checkout (default: $CTRAN_OFFICIAL)",
+    )
+    p.add_argument(
         "--collect",
         action="store_true",
         help="run nothing: build latest.json/.png and the BENCHMARKS.md table from the results/<script>.json "
@@ -68,7 +77,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-MODULE_NAMES = ("peak", "inference", "recondition", "label_scaling", "training", "data_pipeline", "readout")
+MODULE_NAMES = (
+    "peak",
+    "inference",
+    "recondition",
+    "label_scaling",
+    "training",
+    "data_pipeline",
+    "readout",
+    "vs_official",
+)
 
 
 def collect(paths: list[Path]) -> tuple[list[dict], dict | None, dict, list[str]]:
@@ -99,6 +117,8 @@ def sub_args(args: argparse.Namespace, name: str) -> list[str]:
         argv += ["--training-results", str(RESULTS / f"{prefix}training.json")]
     if name == "readout":
         argv += ["--labels", "80,1000"]  # L = 10,000 is in label_scaling, on the whole model
+    if name == "vs_official" and args.official:
+        argv += ["--official", args.official]
     return argv
 
 
@@ -264,11 +284,13 @@ def main(argv: list[str] | None = None) -> dict:
     load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     rows: list[dict] = []
     check = None
-    modules = (peak, inference, recondition, label_scaling, training, data_pipeline, readout)
+    modules = (peak, inference, recondition, label_scaling, training, data_pipeline, readout, vs_official)
     for module in modules:
         name = module.__name__
         print(f"== {name}", flush=True)
         result = module.main(sub_args(args, name))
+        if result is None:  # vs_official without a checkout: it said so
+            continue
         rows += result["rows"] if name != "peak" else []
         check = result.get("digits_map_check", check)
     machine = machine_info(device)
