@@ -16,7 +16,7 @@ from ctran.checkpoint import save_checkpoint
 from ctran.data.digit_scenes import CONTEXT_NAMES, DIGIT_NAMES, TAG_NAMES
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = sorted((ROOT / "docs").rglob("*.md"))
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 
 
 def python_block(containing: str) -> str:
@@ -80,3 +80,19 @@ def test_onnx_snippet_runs_as_written_and_matches_the_predictor(tmp_path: Path, 
     assert set(expected.probs) == set(got) - {"digit_3"}  # the known label is an input, not a prediction
     for name, p in expected.probs.items():
         assert got[name] == pytest.approx(p, abs=1e-4), name
+
+
+def test_readme_quick_start_snippet_runs(digits_checkpoint: Path, tmp_path: Path, monkeypatch) -> None:
+    """The front page's Python lines, on an untrained digit-scenes checkpoint in place of the demo's."""
+    code = python_block('predictor = ctran.load("runs/demo/ctran.pt")')
+    assert code.count('"runs/demo/ctran.pt"') == 2
+    code = code.replace('"runs/demo/ctran.pt"', repr(str(digits_checkpoint)))
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)).save(tmp_path / "scene.png")
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(code, namespace)
+    assert "digit_3" in namespace["result"].known and "digit_3" not in namespace["result"].probs
+    assert len(namespace["result"].top(3)) == 3
+    model = namespace["model"]  # the trainable module: BatchNorm still there, not folded away
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -31,6 +32,25 @@ def test_the_site_builds_strictly(tmp_path: Path) -> None:
     warnings = [line for line in done.stderr.splitlines() if line.startswith(("WARNING", "ERROR"))]
     assert done.returncode == 0, "\n".join(warnings) or done.stderr
     assert (tmp_path / "site" / "reference" / "inference" / "index.html").is_file()
+    assert not broken_links(tmp_path / "site"), "\n".join(broken_links(tmp_path / "site"))
+
+
+def broken_links(site: Path) -> list[str]:
+    """Relative links of the README and CONTRIBUTING.md (outside the site, so MkDocs does not check them)
+    to a file that does not exist, or to an anchor that the built page of ``docs/PAGE.md`` does not have."""
+    broken = []
+    for page in (ROOT / "README.md", ROOT / "CONTRIBUTING.md"):
+        for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
+            if re.match(r"[a-z]+:", target):  # https://...
+                continue
+            path, _, anchor = target.partition("#")
+            if not (ROOT / path).exists():
+                broken.append(f"{page.name}: {target}: no such file")
+            elif anchor and path.startswith("docs/") and path.endswith(".md"):
+                built = site / Path(path).relative_to("docs").with_suffix("") / "index.html"
+                if f'id="{anchor}"' not in built.read_text():
+                    broken.append(f"{page.name}: {target}: no such anchor")
+    return broken
 
 
 def test_strict_mode_checks_anchors_and_pages_left_out() -> None:

@@ -91,7 +91,7 @@ class ModelConfig:
 
     kind: Annotated[str, one_of("ctran", "baseline")] = "ctran"  # baseline: pooled CNN, same backbone
     init_from: str | None = None  # fine-tune: start from this ctran checkpoint, labels matched by name
-    backbone: str = "resnet101.tv_in1k"  # timm name.tag; the paper's torchvision weights (README)
+    backbone: str = "resnet101.tv_in1k"  # timm name.tag; the paper's torchvision weights (docs/training.md)
     pretrained: bool = True
     backbone_weights: str | None = None  # a local .pth/.safetensors for offline machines
     dim: PositiveInt = 2048  # divisible by heads

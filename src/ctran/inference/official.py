@@ -69,7 +69,7 @@ def read_official(path: str | Path) -> dict[str, torch.Tensor]:
     if missing:
         raise CTranError(
             f"{path} is not an official C-Tran state dict: missing {', '.join(missing)} "
-            "(see the key table in the README's 'Official checkpoints' section)"
+            "(see the key table in docs/using/official.md)"
         )
     return state
 
