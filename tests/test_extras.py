@@ -82,40 +82,36 @@ def test_a_command_that_needs_a_missing_extra_says_which_to_install(
 
 
 BLOCKER = """
-import sys
+import json, sys
 for name in {modules!r}:
     sys.modules[name] = None  # not installed
 from ctran.cli import main
-sys.exit(main(sys.argv[1:]))
+for argv in json.loads(sys.argv[1]):
+    code = main(argv)
+    if code:
+        sys.exit(f"ctran {{' '.join(argv)}} exited {{code}}")
 """
 
 
-def _ctran_without_extras(*argv: str) -> subprocess.CompletedProcess:
-    """``ctran ARGV`` in a fresh interpreter where every extra's packages are unimportable."""
-    script = BLOCKER.format(modules=EXTRA_MODULES)
-    done = subprocess.run([sys.executable, "-c", script, *argv], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    return done
-
-
-def test_predict_and_tag_run_without_any_extra(digits_checkpoint: Path, tmp_path: Path) -> None:
-    library = tmp_path / "library"
+@pytest.mark.slow
+def test_train_predict_and_tag_run_without_any_extra(digits_checkpoint: Path, tmp_path: Path) -> None:
+    """The core install's jobs, one after the other in a fresh interpreter where every extra's packages
+    are unimportable."""
+    library, run, out = tmp_path / "library", tmp_path / "run", tmp_path / "predictions.json"
     library.mkdir()
     image = _image(library / "a.png")
-    done = _ctran_without_extras(
-        "predict", "--checkpoint", str(digits_checkpoint), str(image), "--format", "json"
-    )
-    assert json.loads(done.stdout)[0]["image"] == str(image)
-    _ctran_without_extras(
-        "tag", str(library), "--checkpoint", str(digits_checkpoint), "--workers", "0", "--quiet"
-    )
-
-
-@pytest.mark.slow
-def test_train_runs_without_any_extra(tmp_path: Path) -> None:
-    run = tmp_path / "run"
-    _ctran_without_extras(
-        "train", "--config", "digits-tiny", "--out", str(run), "--quiet", "train.epochs=1",
-        "data.sizes={train: 32, val: 16, test: 16}", "train.batch_size=16", "data.num_workers=0",
-    )  # fmt: skip
+    checkpoint = str(digits_checkpoint)
+    commands = [
+        ["predict", "--checkpoint", checkpoint, str(image), "--format", "json", "--output", str(out)],
+        ["tag", str(library), "--checkpoint", checkpoint, "--workers", "0", "--quiet"],
+        [
+            "train", "--config", "digits-tiny", "--out", str(run), "--quiet", "train.epochs=1",
+            "data.sizes={train: 32, val: 16, test: 16}", "train.batch_size=16", "data.num_workers=0",
+        ],
+    ]  # fmt: skip
+    script = [sys.executable, "-c", BLOCKER.format(modules=EXTRA_MODULES), json.dumps(commands)]
+    done = subprocess.run(script, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(out.read_text())[0]["image"] == str(image)
+    assert (library / "a.txt").is_file()  # the tags ctran tag wrote
     assert (run / "best.pt").is_file() and (run / "metrics.json").is_file()
