@@ -445,6 +445,7 @@ function onKey(event) {
   const target = event.target;
   const typing = target.matches("input[type=text], select, textarea");
   const radio = target.matches("input[type=radio]");
+  if (typing && event.key === "Escape") target.blur(); // back to the keys below
   if (typing || (radio && event.key.startsWith("Arrow"))) return;
   const actions = {
     y: () => answerAsked(true),
