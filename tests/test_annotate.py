@@ -213,6 +213,21 @@ def test_next_image_goes_to_the_least_certain_one(client: TestClient, predictor)
     assert folder == [*IMAGES[1:], IMAGES[0]]  # folder order wraps round
 
 
+def test_the_next_image_is_encoded_before_it_is_asked_for(library: Library, predictor) -> None:
+    """The background pass caches features only while there is room (it never evicts what the page shows);
+    the image ``next`` names is encoded at once, so opening it costs no backbone pass."""
+    app = create_library_app(library, predictor, cache_size=2)
+    cache = app.state.service.cache
+    with TestClient(app) as client:
+        wait_scored(client)
+        assert [image for image in IMAGES if cache.get(image) is not None] == IMAGES[:2]
+        assert client.get("/api/next", params={"after": "s2.png"}).json()["id"] == "sub/s3.png"
+        deadline = time.monotonic() + 30
+        while cache.get("sub/s3.png") is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert cache.get("sub/s3.png") is not None
+
+
 def test_images_not_predicted_yet_come_after_in_folder_order() -> None:
     images = ["a", "b", "c", "d"]
     summaries = {"c": Summary(0.9), "b": Summary(0.1), "d": Summary(error="broken")}

@@ -95,7 +95,6 @@ class LibraryService:
         self._prefetch: deque[str] = deque(maxlen=8)
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self.walked = threading.Event()  # set once every image has a summary
         self._thread: threading.Thread | None = None
 
     # ----------------------------------------------------------------------------------- background
@@ -121,23 +120,20 @@ class LibraryService:
         while not self._stop.is_set():
             if self._prefetch:
                 image = self._prefetch.popleft()
-                if self.cache.get(image) is not None and image in self._summaries:
-                    continue
-            else:
-                image = next(pending, None)
-                if image is None:
-                    self.walked.set()
-                    self._wake.wait(timeout=1.0)
-                    self._wake.clear()
-                    continue
-                if image in self._summaries:
-                    continue
-            self._refresh(image)
+                if self.cache.get(image) is None or image not in self._summaries:
+                    self._refresh(image, keep=True)
+                continue
+            image = next(pending, None)
+            if image is None:  # every image summarised: wait for prefetch requests
+                self._wake.wait(timeout=1.0)
+                self._wake.clear()
+            elif image not in self._summaries:
+                self._refresh(image, keep=False)
 
-    def _refresh(self, image: str) -> None:
+    def _refresh(self, image: str, keep: bool) -> None:
         """Encode (when not cached) and summarise one image; a broken file is summarised as its error."""
         try:
-            self._condition(image, ask=False)
+            self._condition(image, ask=False, keep=keep)
         except ApiError as err:
             self._set_summary(image, Summary(error=err.message))
         except Exception as err:  # the walk goes on whatever one image does; the page shows the reason
@@ -145,8 +141,10 @@ class LibraryService:
             self._set_summary(image, Summary(error=f"{type(err).__name__}: {err}"))
 
     # ------------------------------------------------------------------------------------------ model
-    def features(self, image: str) -> Features:
-        """The image's cached features, encoded now when not cached (one backbone pass)."""
+    def features(self, image: str, keep: bool = True) -> Features:
+        """The image's cached features, encoded now when not cached (one backbone pass). With ``keep``
+        False (the background pass) they are cached only while the cache has room, so walking a large
+        library never evicts the images the page is showing."""
         cached = self.cache.get(image)
         if cached is not None:
             return cached
@@ -158,15 +156,16 @@ class LibraryService:
         with self._model_lock:
             features = self.predictor.encode(pixels[None], names=[image])  # tokens (1, T, D)
         features.sizes = [size]
-        self.cache.put(image, features)
+        if keep or len(self.cache) < self.cache.capacity:
+            self.cache.put(image, features)
         return features
 
     def view(self, image: str) -> View:
         """The image's answers, predictions conditioned on them, and what to ask next."""
         return self._condition(image, ask=True)
 
-    def _condition(self, image: str, ask: bool) -> View:
-        features = self.features(image)
+    def _condition(self, image: str, ask: bool, keep: bool = True) -> View:
+        features = self.features(image, keep)
         targets, extras = set(self.predictor.target_names), set(self.predictor.extra_names)
         with self._model_lock:
             known = self.store.state(image)
@@ -195,8 +194,8 @@ class LibraryService:
     # ---------------------------------------------------------------------------------------- answers
     def answer(self, image: str, label: str, value: bool | None, annotator: str) -> tuple[Answer, View]:
         """Record one answer (durable once this returns) and the image's view knowing it."""
-        self.file(image)
         self._check_label(label)
+        self.features(image)  # an image that cannot be shown is not answered (404 or 422 first)
         recorded = self.store.answer(image, label, value, check_name(annotator, "annotator"))
         return recorded, self.view(image)
 
