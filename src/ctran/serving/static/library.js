@@ -31,6 +31,7 @@ const page = {
 let queue = Promise.resolve(); // answers, one at a time
 let listTimer = null;
 let nextSequence = 0;
+let openSequence = 0;
 
 // ------------------------------------------------------------------------------------------ helpers
 async function api(path, options = {}) {
@@ -323,8 +324,10 @@ function remember(id) {
 
 async function openImage(id, { pushBack = true } = {}) {
   const previous = page.view ? page.view.id : null;
+  const mine = ++openSequence; // of two quick "next"s, only the last one is shown
   try {
     const view = await api(`/api/image?id=${encodeURIComponent(id)}`);
+    if (mine !== openSequence) return;
     if (pushBack && previous && previous !== id) remember(previous);
     showPicture(id);
     showView(view);
