@@ -186,13 +186,39 @@ def find_missing(image_dir: Path, files: np.ndarray) -> np.ndarray:
     return np.flatnonzero(missing)
 
 
-class ImageFileDataset(LabeledImages):
+class BadImagePolicy:
+    """``on_bad_image`` for a reader: skip an unreadable image (listed, warned about, logged) or fail."""
+
+    on_bad_image: str = "skip"
+    bad_images: list[tuple[str, str]]
+    bad_image_log: Path | None = None  # set by a training run to list skips in its folder
+
+    def _bad_image(self, where: str | Path, err: Exception) -> None:
+        """None (the sample is dropped from its batch), or a ``CTranError`` naming ``where``."""
+        reason = f"{type(err).__name__}: {err}"
+        if self.on_bad_image == "fail":
+            raise CTranError(
+                f"cannot read image {where}: {reason} (on_bad_image='skip' skips such files)"
+            ) from err
+        self.bad_images.append((str(where), reason))
+        warnings.warn(f"skipping unreadable image {where}: {reason}", stacklevel=3)
+        if self.bad_image_log is not None:  # one JSON line per skip; appends from worker processes are safe
+            with open(self.bad_image_log, "a") as log:
+                log.write(json.dumps({"path": str(where), "reason": reason}) + "\n")
+        return None
+
+
+class ImageFileDataset(BadImagePolicy, LabeledImages):
     """Images on disk with target (and extra) label tables; yields ``Sample`` or ``None`` for a bad image.
 
     ``files`` are paths relative to ``image_dir`` (``suffix`` appended, so Open Images can store bare ids);
     ``image_id(i)`` returns ``files[i]``. CUB-style datasets also carry ``extra_groups`` (lists of extra-label
     indices revealed together) and ``extra_certainty`` ((N, E) annotator certainty, 1 = "not visible").
+    ``decode_side`` (set by ``registry.build_dataset``): the side the transform resizes to, so that large
+    JPEGs are decoded at a reduced size (``transforms.load_image``).
     """
+
+    decode_side: int | None = None
 
     def __init__(
         self,
@@ -226,7 +252,6 @@ class ImageFileDataset(LabeledImages):
         self.extra_groups = [list(group) for group in extra_groups]
         self.extra_certainty = extra_certainty
         self.bad_images: list[tuple[str, str]] = []
-        self.bad_image_log: Path | None = None  # set by a training run to list skips in its folder
         self.dropped_files: list[str] = []
         self._check_shapes()
         self._drop_missing(warn=not drop_missing)
@@ -305,25 +330,17 @@ class ImageFileDataset(LabeledImages):
     def __getitem__(self, index: int) -> Sample | None:
         path = self.path(index)
         try:
-            image = load_image(path)
+            image = load_image(path, self.decode_side)
         except DECODE_ERRORS as err:
             return self._bad_image(path, err)
         targets = torch.from_numpy(self.target_table.row(index).astype(np.int64))  # (T,)
         extras = torch.from_numpy(self.extra_table.row(index).astype(np.int64))  # (E,)
         return Sample(self.transform(image), targets, extras, index)
 
-    def _bad_image(self, path: Path, err: Exception) -> None:
-        reason = f"{type(err).__name__}: {err}"
-        if self.on_bad_image == "fail":
-            raise CTranError(
-                f"cannot read image {path}: {reason} (on_bad_image='skip' skips such files)"
-            ) from err
-        self.bad_images.append((str(path), reason))
-        warnings.warn(f"skipping unreadable image {path}: {reason}", stacklevel=3)
-        if self.bad_image_log is not None:  # one JSON line per skip; appends from worker processes are safe
-            with open(self.bad_image_log, "a") as log:
-                log.write(json.dumps({"path": str(path), "reason": reason}) + "\n")
-        return None
+    def encoded_image(self, index: int) -> tuple[bytes, str]:
+        """The image file's bytes as stored and its lower-case extension (``ctran data pack``)."""
+        path = self.path(index)
+        return path.read_bytes(), path.suffix.lower().lstrip(".")
 
 
 def collate_samples(batch: list[Sample | None]) -> Sample | None:
