@@ -25,6 +25,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import tarfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +45,8 @@ LAYOUT = (
     "a folder written by `ctran data pack`: vocabulary.json, <split>.json manifests and their .tar shards"
 )
 DEFAULT_BUFFER = 1000  # samples in each loader worker's shuffle buffer
-SHARD_ERRORS = (OSError, EOFError, ValueError)  # tarfile.ReadError is an OSError; a failed pipe: an OSError
+# a cut tar file (tarfile.ReadError), a missing file or a failed ``pipe:`` command (OSError), a bad member
+SHARD_ERRORS = (tarfile.TarError, OSError, EOFError, ValueError)
 
 
 @dataclass(frozen=True)
@@ -142,9 +144,10 @@ def read_records(shard: Shard) -> Iterator[Record]:
             yield _record(shard, sample)
             count += 1
     except SHARD_ERRORS as err:
+        reason = str(err.args[0] if err.args else err).split(" @ ")[0]  # WebDataset appends the stream
         raise CTranError(
-            f"shard {shard.url} is truncated or corrupt after {count} of {shard.samples} samples ({err}); "
-            "copy it again or re-run `ctran data pack`"
+            f"shard {shard.url} is truncated or corrupt after {count} of {shard.samples} samples "
+            f"({type(err).__name__}: {reason}); copy it again or re-run `ctran data pack`"
         ) from err
     if count != shard.samples:
         raise CTranError(
