@@ -25,6 +25,7 @@ from ctran.data.shards import decode_states, encode_states
 from ctran.errors import CTranError
 from ctran.training.distributed import DistContext
 from ctran.training.loaders import ShardStream, eval_loader, set_epoch, train_loader
+from test_data_openimages import make_openimages
 
 SIZES = {"train": 96, "val": 48, "test": 48}
 
@@ -277,14 +278,17 @@ def test_a_stopped_pack_goes_on_from_its_last_complete_shard(
 
 GLOO_SCRIPT = """
 import json, sys
+from ctran.data import openimages
 from ctran.data.registry import build_dataset
-from ctran.training.distributed import init_distributed, shutdown_distributed
+from ctran.training.distributed import init_distributed, main_first, shutdown_distributed
 from ctran.training.loaders import eval_loader, set_epoch, train_loader
 
 ctx = init_distributed("cpu")
+with main_first(ctx):
+    label_table = openimages.load(sys.argv[3], "validation").notes[1]
 train = build_dataset("shards", sys.argv[1], "train", train=True, image_size=16, scale_size=None)
 loader = train_loader(train, 4, seed=0, ctx=ctx, workers=2)
-seen = {"workers": loader.num_workers}
+seen = {"workers": loader.num_workers, "label_table": label_table}
 for epoch in (1, 2):
     set_epoch(loader, epoch)
     seen[epoch] = [batch.index.tolist() for batch in loader]
@@ -297,6 +301,8 @@ shutdown_distributed()
 
 
 def test_two_gloo_processes_read_disjoint_samples_that_cover_the_epoch(tmp_path: Path) -> None:
+    """Training and evaluation streams of two processes (each with a loader worker); and rank 0 builds
+    the Open Images label table's cache before rank 1 reads it (``main_first``)."""
     folder = write_digit_folder(tmp_path / "data", {"train": 48, "val": 8, "test": 10})
     out = tmp_path / "shards"
     pack(folder, out, "--shard-size", "6")
@@ -304,8 +310,13 @@ def test_two_gloo_processes_read_disjoint_samples_that_cover_the_epoch(tmp_path:
     script.write_text(textwrap.dedent(GLOO_SCRIPT))
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29541"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    labels = make_openimages(tmp_path / "openimages")
     result = subprocess.run(
-        [*command, str(script), str(out), str(tmp_path)], env=env, capture_output=True, text=True, timeout=240
+        [*command, str(script), str(out), str(tmp_path), str(labels)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
@@ -317,3 +328,5 @@ def test_two_gloo_processes_read_disjoint_samples_that_cover_the_epoch(tmp_path:
         assert not first & second and first | second == set(range(48))  # disjoint, the whole epoch
     assert ranks[0]["1"] != ranks[0]["2"]  # another order every epoch
     assert sorted(ranks[0]["eval"] + ranks[1]["eval"]) == list(range(10))
+    assert "cached in" in ranks[0]["label_table"]  # rank 0 read the CSV and cached its table first,
+    assert "loaded from the cache" in ranks[1]["label_table"]  # then rank 1 loaded it

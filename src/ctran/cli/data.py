@@ -28,8 +28,9 @@ def add_dataset_arguments(
         default=[],
         metavar="KEY=VALUE",
         help="format option, repeatable: voc difficult=ignore|negative|positive, year=2007; coco year=2014; "
-        "vg500 names=FILE; cub source=auto|cbm|raw, attributes=class|instance; openimages classes=FILE; "
-        "csv/jsonl vocabulary=FILE, extra_vocabulary=FILE, unlisted=negative|unknown; digits size=N",
+        "vg500 names=FILE; cub source=auto|cbm|raw, attributes=class|instance; openimages classes=FILE, "
+        "cache=auto|off|DIR; csv/jsonl vocabulary=FILE, extra_vocabulary=FILE, unlisted=negative|unknown; "
+        "digits size=N; shards buffer=N (shuffle buffer, samples per loader worker)",
     )
 
 

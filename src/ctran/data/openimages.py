@@ -17,12 +17,24 @@ The vocabulary is ``classes=FILE`` if given, else the trainable-classes file if 
 the descriptions file; rows of other classes are skipped (and counted), and images left with no annotated
 class are dropped. Labels are named by their display name (with the MID appended when two classes share a
 display name). An (image, class) pair listed twice keeps its positive verdict.
+
+The label table of a split (train: ~60M rows, minutes of parsing) is cached after the first read: a ``.npz``
+keyed by the CSV's path, size and modification time and by the vocabulary, in ``.ctran-cache/`` beside the
+CSV (or, where that folder is read-only, under ``~/.cache/ctran``; option ``cache=DIR`` or ``cache=off``).
+It is written under a temporary name and renamed, so a stopped start leaves no half file; a changed CSV or
+vocabulary builds a new one. Under torchrun rank 0 reads first and the others load its cache
+(``training.run``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
+import json
+import os
+import warnings
+import zipfile
 from array import array
 from collections import Counter
 from collections.abc import Iterator
@@ -35,9 +47,11 @@ from tqdm import tqdm
 from ctran.data.annotations import read_lines, require
 from ctran.data.images import ImageFileDataset, SparseLabels
 from ctran.errors import CTranError
+from ctran.files import atomic_write
 
 SPLITS = ("train", "validation", "test")
-OPTIONS = ("classes",)
+OPTIONS = ("classes", "cache")
+CACHE_VERSION = 1  # bump when the cached arrays change meaning
 LAYOUT = (
     "{train/, validation/, test/ (<ImageID>.jpg), [oidv6-]<split>-annotations-human-imagelabels.csv, "
     "[oidv6-]class-descriptions.csv, [oidv6-]classes-trainable.txt (optional)}"
@@ -46,9 +60,17 @@ PREFIXES = ("oidv7-", "oidv6-", "")
 
 
 def load(
-    root: str | Path, split: str, *, transform=None, on_bad_image: str = "skip", classes: str | None = None
+    root: str | Path,
+    split: str,
+    *,
+    transform=None,
+    on_bad_image: str = "skip",
+    classes: str | None = None,
+    cache: str = "auto",
 ) -> ImageFileDataset:
-    """One Open Images split (``train``, ``validation`` or ``test``) as an ``ImageFileDataset``."""
+    """One Open Images split (``train``, ``validation`` or ``test``) as an ``ImageFileDataset``.
+
+    ``cache``: where the label table is cached (``auto``: beside the CSV, ``off``, or a folder)."""
     if root is None or not Path(root).expanduser().is_dir():
         raise CTranError(f"dataset root {root} does not exist; expected layout: {LAYOUT}")
     base = Path(root).expanduser()
@@ -64,9 +86,10 @@ def load(
         ],
         f"{split} human-verified image labels",
     )
-    ids, table, skipped = read_image_labels(labels_csv, mids)
+    ids, table, skipped, origin = cached_image_labels(labels_csv, mids, cache)
     notes = [
-        f"{len(mids)} classes; {table.values.size} annotated (image, class) pairs, the rest not annotated"
+        f"{len(mids)} classes; {table.values.size} annotated (image, class) pairs, the rest not annotated",
+        origin,
     ]
     if skipped:
         notes.append(f"{skipped} label rows of classes outside the vocabulary were skipped")
@@ -156,6 +179,83 @@ def read_image_labels(path: Path, mids: list[str]) -> tuple[list[str], SparseLab
         len(mids),
     )
     return list(row_of), table, skipped
+
+
+def cached_image_labels(
+    path: Path, mids: list[str], cache: str = "auto"
+) -> tuple[np.ndarray | list[str], SparseLabels, int, str]:
+    """``read_image_labels``, from its cache when the CSV and the vocabulary are unchanged; the last item
+    says where the table came from. A cache that cannot be written is said once and read around."""
+    if cache == "off":
+        return (*read_image_labels(path, mids), "label table read from the CSV (cache=off)")
+    key = _cache_key(path, mids)
+    target = _cache_folder(path, cache) / f"{path.stem}.{key['vocabulary'][:12]}.npz"
+    cached = _read_cache(target, key, len(mids))
+    if cached is not None:
+        return (*cached, f"label table loaded from the cache {target}")
+    ids, table, skipped = read_image_labels(path, mids)
+    try:
+        atomic_write(target, lambda handle: _save_cache(handle, key, ids, table, skipped))
+    except OSError as err:
+        warnings.warn(
+            f"cannot cache the label table in {target} ({err}); it is read again next time", stacklevel=2
+        )
+        return ids, table, skipped, "label table read from the CSV (not cached)"
+    return ids, table, skipped, f"label table read from the CSV and cached in {target}"
+
+
+def _cache_key(path: Path, mids: list[str]) -> dict:
+    """What the cached table depends on: the CSV (path, size, modification time) and the vocabulary."""
+    stat = path.stat()
+    vocabulary = hashlib.sha256("\n".join(mids).encode()).hexdigest()
+    source = str(path.resolve())
+    return {
+        "version": CACHE_VERSION,
+        "csv": source,
+        "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+        "vocabulary": vocabulary,
+    }
+
+
+def _cache_folder(path: Path, cache: str) -> Path:
+    """``cache=DIR``, else ``.ctran-cache`` beside the CSV, else (read-only dataset) the user's cache."""
+    if cache != "auto":
+        return Path(cache).expanduser()
+    if os.access(path.parent, os.W_OK):
+        return path.parent / ".ctran-cache"
+    home = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return home / "ctran" / hashlib.sha256(str(path.parent.resolve()).encode()).hexdigest()[:16]
+
+
+def _save_cache(handle, key: dict, ids: list[str], table: SparseLabels, skipped: int) -> None:
+    """The table's arrays and the key; ids as ASCII bytes where they are (a quarter of the size)."""
+    try:
+        id_array = np.array(ids, dtype=np.bytes_)
+    except UnicodeEncodeError:
+        id_array = np.array(ids, dtype=str)
+    np.savez(
+        handle,
+        key=np.array(json.dumps(key, sort_keys=True)),
+        ids=id_array,
+        indptr=table.indptr,
+        columns=table.columns,
+        values=table.values,
+        skipped=np.array(skipped),
+    )
+
+
+def _read_cache(path: Path, key: dict, num_labels: int) -> tuple[np.ndarray, SparseLabels, int] | None:
+    """The cached (ids, table, skipped) if ``path`` holds a cache of exactly ``key``; else None."""
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            if str(arrays["key"]) != json.dumps(key, sort_keys=True):
+                return None
+            ids = arrays["ids"].astype(str)
+            table = SparseLabels(arrays["indptr"], arrays["columns"], arrays["values"], num_labels)
+            return ids, table, int(arrays["skipped"])
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):  # absent, foreign or cut short: rebuild
+        return None
 
 
 def _header(path: Path, header: list[str]) -> tuple[int, int, int]:
