@@ -4,14 +4,15 @@
   augmentation) over photo-sized JPEGs (1600 x 1200, quality 90, ``common.write_photo_dataset``) read from
   the folder (CSV reader) and from the same images packed as shards (``ctran data pack``), with 0, 1 and 2
   workers, at ``own-cpu``'s size (128 from 144) and the paper's (576 from 640). Epoch 1 starts the
-  workers and is not timed; the folder's workers persist, the shard stream's start again every epoch (that
-  cost is in its rate). Each size also has the folder without draft decoding (``decode_side`` off) and what
-  a training step consumes at that size, measured in the same run (``training.train_step``: ``own-cpu``'s
-  model, EfficientNet-Lite0 frozen + C-Tran D = 256 at batch 32; ResNet-101 + D = 2048 at 576, batch 2).
+  workers and is not timed (workers persist across epochs, for both); the loaders then run one epoch each
+  per round, interleaved, and a row gives the median round. Each size also has the folder without draft
+  decoding (``decode_side`` off) and what a training step consumes at that size, measured in the same run
+  (``training.train_step``: ``own-cpu``'s model, EfficientNet-Lite0 frozen + C-Tran D = 256 at batch 32;
+  ResNet-101 + D = 2048 at 576, batch 2).
   ``headroom`` = loader / training: above 2 the loader is never the bottleneck.
 - **Draft decoding.** Decode + eval transform of one 1600 x 1200 JPEG with and without Pillow's draft, the
   mean and largest pixel difference of the results (0-255 scale); and the accuracy effect: a digit-scenes
-  model (``digits-tiny``, trained here) evaluated on its test scenes stored as 400 x 400 JPEGs (8.3x
+  model (``digits-tiny`` trained 10 epochs here) evaluated on its test scenes stored as 400 x 400 JPEGs (8.3x
   upscaled), decoded in full or by draft (at 1/8, 50 x 50).
 - **Open Images start-up.** Time to the first training batch on a generated Open Images layout with a 1M-row
   label CSV (100,000 images, 10 rows each, 600 classes; the images are hard links of one JPEG): the first
@@ -48,16 +49,11 @@ SIZES = {"own_cpu_128": (128, 144, (144, 128, 112)), "paper_576": (576, 640, PAP
 LABELS = 80
 
 
-def loader_rate(dataset, workers: int, batch: int, epochs: int) -> float:
-    """Images/s of a training loader over ``epochs`` epochs after a first, untimed one."""
-    loader = train_loader(dataset, batch, seed=0, ctx=DistContext(), workers=workers)
-    set_epoch(loader, 1)
-    for _ in loader:
-        pass
-    images, start = 0, time.perf_counter()
-    for epoch in range(2, 2 + epochs):
-        set_epoch(loader, epoch)
-        images += sum(len(batch.index) for batch in loader if batch is not None)
+def epoch_rate(loader, epoch: int) -> float:
+    """Images/s of one epoch of a training loader."""
+    set_epoch(loader, epoch)
+    start = time.perf_counter()
+    images = sum(len(batch.index) for batch in loader if batch is not None)
     return images / (time.perf_counter() - start)
 
 
@@ -83,6 +79,8 @@ def consumption(size: str, steps: int) -> float:
 
 
 def loader_rows(folder: Path, shards: Path, args) -> list[dict]:
+    """Per size: every (reader, workers) loader, warmed by one epoch, then timed in interleaved rounds
+    (an epoch each, the order reversed every round); the median round's rate."""
     rows = []
     for size, (image_size, scale_size, crops) in SIZES.items():
         common = {"train": True, "image_size": image_size, "scale_size": scale_size, "crop_sizes": crops}
@@ -93,16 +91,30 @@ def loader_rows(folder: Path, shards: Path, args) -> list[dict]:
             "folder_no_draft": build_dataset("csv", folder, "test", **common),
         }
         readers["folder_no_draft"].decode_side = None
-        for reader, dataset in readers.items():
-            for workers in (0,) if reader == "folder_no_draft" else (0, 1, 2):
-                rate = loader_rate(dataset, workers, 16, args.epochs)
-                row = {"name": f"{size}_{reader}_w{workers}", "images_per_s": round(rate, 1)}
-                row |= {
-                    "train_step_images_per_s": round(train_rate, 2),
-                    "headroom": round(rate / train_rate, 1),
-                }
-                print(row, flush=True)
-                rows.append(row)
+        loaders = {
+            f"{size}_{reader}_w{workers}": train_loader(
+                dataset, 16, seed=0, ctx=DistContext(), workers=workers
+            )
+            for reader, dataset in readers.items()
+            for workers in ((0,) if reader == "folder_no_draft" else (0, 1, 2))
+        }
+        rates: dict[str, list[float]] = {name: [] for name in loaders}
+        for loader in loaders.values():
+            epoch_rate(loader, 1)  # starts the workers
+        for round_ in range(args.rounds):
+            for name in list(loaders)[:: 1 if round_ % 2 == 0 else -1]:
+                rates[name].append(epoch_rate(loaders[name], 2 + round_))
+        for name, measured in rates.items():
+            rate = float(np.median(measured))
+            row = {
+                "name": name,
+                "images_per_s": round(rate, 1),
+                "range": [round(min(measured), 1), round(max(measured), 1)],
+            }
+            row |= {"train_step_images_per_s": round(train_rate, 2), "headroom": round(rate / train_rate, 1)}
+            print(row, flush=True)
+            rows.append(row)
+        del loaders
     return rows
 
 
@@ -180,13 +192,14 @@ def openimages_root(root: Path, rows: int, per_image: int = 10, classes: int = 6
     (root / "oidv6-class-descriptions.csv").write_text(
         "LabelName,DisplayName\n" + "".join(f"{mid},class {i}\n" for i, mid in enumerate(mids))
     )
-    photo = root / "photo.jpg"
-    Image.new("RGB", (160, 120), (90, 140, 200)).save(photo, quality=90)
     rng = np.random.default_rng(0)
     images = rows // per_image
     lines = ["ImageID,Source,LabelName,Confidence"]
     for image in range(images):
         image_id = f"{image:016x}"
+        photo = root / f"photo{image // 60_000}.jpg"  # a file system allows ~65,000 links to one file
+        if not photo.exists():
+            Image.new("RGB", (160, 120), (90, 140, 200)).save(photo, quality=90)
         os.link(photo, root / "train" / f"{image_id}.jpg")
         columns, verdicts = rng.choice(classes, per_image, replace=False), rng.random(per_image) < 0.4
         for column, verdict in zip(columns, verdicts, strict=True):
@@ -210,7 +223,7 @@ def startup(root: Path) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     p = base_parser(__doc__, "data_scale")
     p.add_argument("--images", type=int, default=48, help="1600 x 1200 JPEG photos (default: 48)")
-    p.add_argument("--epochs", type=int, default=1, help="timed loader epochs per row (default: 1)")
+    p.add_argument("--rounds", type=int, default=3, help="timed loader epochs per row (default: 3)")
     p.add_argument("--steps", type=int, default=3, help="timed training steps at 128 px (default: 3)")
     p.add_argument("--rows", type=int, default=1_000_000, help="Open Images label rows (default: 1M)")
     p.add_argument(
@@ -252,7 +265,7 @@ def main(argv: list[str] | None = None) -> dict:
                 }
             )
             print(rows[-1], flush=True)
-    write_report(args.out, "data_scale", machine_info(device), rows, images=args.images, epochs=args.epochs)
+    write_report(args.out, "data_scale", machine_info(device), rows, images=args.images, rounds=args.rounds)
     return {"rows": rows}
 
 

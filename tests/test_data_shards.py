@@ -214,9 +214,7 @@ def test_shards_split_over_processes_and_workers_with_equal_epochs(packed: Path)
     dataset = build_dataset("shards", packed, "train", train=True, image_size=48, scale_size=None)
     dataset.shards = dataset.shards[:3] + [dataset.shards[3].__class__(dataset.shards[3].url, 24)]
     streams = [ShardStream(dataset, 5, 7, rank, 2, 2, train=True) for rank in range(2)]
-    for stream in streams:
-        stream.set_epoch(3)
-    read = [shard.url for stream in streams for worker in range(2) for shard in stream.shards_of(worker)]
+    read = [shard.url for stream in streams for worker in range(2) for shard in stream.shards_of(worker, 3)]
     assert sorted(read) == sorted(shard.url for shard in dataset.shards)  # disjoint and complete
     assert len(streams[0]) == len(streams[1]) == 10  # ceil(96 / (2 x 5))
     batches = [list(ShardStream(dataset, 5, 7, rank, 2, 1, train=True)) for rank in range(2)]

@@ -180,7 +180,7 @@ def shard_loader(
     dataset: LabeledImages, batch_size: int, seed: int, ctx: DistContext, workers: int, train: bool
 ) -> DataLoader:
     """A ``ShardStream`` of a packed split under a ``DataLoader`` (the workers read whole shards; at most as
-    many workers as each process has shards)."""
+    many workers as each process has shards; they persist across epochs, as the folders' do)."""
     count = len(dataset.shards)
     if count < ctx.world_size:
         raise CTranError(
@@ -195,6 +195,7 @@ def shard_loader(
         num_workers=workers,
         collate_fn=_as_is,
         pin_memory=ctx.device.type == "cuda",
+        persistent_workers=workers > 0,
     )
 
 
@@ -229,22 +230,27 @@ class ShardStream(IterableDataset):
     ) -> None:
         self.dataset, self.batch_size, self.seed, self.train = dataset, batch_size, seed, train
         self.rank, self.world_size, self.workers = rank, world_size, max(1, workers)
-        self.epoch = 0
+        self._epoch = torch.zeros((), dtype=torch.long).share_memory_()  # seen by persistent workers too
 
     def __getattr__(self, name: str) -> object:
         """The dataset's attributes (label names, groups), as a map-style loader's ``dataset`` has them."""
-        if name == "dataset":  # not set yet (unpickling in a loader worker)
+        if name in {"dataset", "_epoch"}:  # not set yet (unpickling in a loader worker)
             raise AttributeError(name)
         return getattr(self.dataset, name)
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
 
-    def shards_of(self, worker: int) -> list[Shard]:
-        """The shards ``worker`` of this process reads in this epoch, in reading order."""
+    def set_epoch(self, epoch: int) -> None:
+        """Draw ``epoch``'s order; the loader's persistent workers read it from shared memory."""
+        self._epoch.fill_(epoch)
+
+    def shards_of(self, worker: int, epoch: int) -> list[Shard]:
+        """The shards ``worker`` of this process reads in ``epoch``, in reading order."""
         shards = self.dataset.shards
         if self.train:
-            order = np.random.default_rng([self.seed, self.epoch]).permutation(len(shards))
+            order = np.random.default_rng([self.seed, epoch]).permutation(len(shards))
         else:
             order = np.arange(len(shards))
         return [shards[i] for i in order[self.rank :: self.world_size][worker :: self.workers]]
@@ -253,31 +259,32 @@ class ShardStream(IterableDataset):
         """Batches per epoch: the same on every process when training."""
         if self.train:
             return math.ceil(len(self.dataset) / (self.batch_size * self.world_size))
-        per_worker = (sum(shard.samples for shard in self.shards_of(w)) for w in range(self.workers))
+        per_worker = (sum(shard.samples for shard in self.shards_of(w, 0)) for w in range(self.workers))
         return sum(math.ceil(count / self.batch_size) for count in per_worker)
 
     def __iter__(self) -> Iterator[Sample | None]:
         info = get_worker_info()
-        worker = info.id if info is not None else 0
-        shards = self.shards_of(worker)
+        worker, epoch = info.id if info is not None else 0, self.epoch
+        shards = self.shards_of(worker, epoch)
         if not self.train:
             records = (record for shard in shards for record in read_records(shard))
             yield from _batches((self.dataset[record] for record in records), self.batch_size)
             return
         steps = len(range(worker, len(self), self.workers))
-        yield from itertools.islice(_batches(self._training_samples(shards, worker), self.batch_size), steps)
+        samples = self._training_samples(shards, worker, epoch)
+        yield from itertools.islice(_batches(samples, self.batch_size), steps)
 
-    def _training_samples(self, shards: list[Shard], worker: int) -> Iterator[Sample]:
+    def _training_samples(self, shards: list[Shard], worker: int, epoch: int) -> Iterator[Sample]:
         """Readable, augmented samples of ``shards`` through the shuffle buffer, round and round."""
         from webdataset import shuffle
 
-        state = np.random.SeedSequence([self.seed, self.epoch, self.rank, worker]).generate_state(1)
+        state = np.random.SeedSequence([self.seed, epoch, self.rank, worker]).generate_state(1)
         rng = random.Random(int(state[0]))
         passes = (shuffle(self.dataset.buffer, rng=rng)(_one_pass(shards)) for _ in itertools.count())
         records = itertools.chain.from_iterable(passes)  # the buffer never mixes two passes
         unreadable, limit = 0, sum(shard.samples for shard in shards)
         for record in records:
-            with augmentation_seed(self.seed, self.epoch, record.index):
+            with augmentation_seed(self.seed, epoch, record.index):
                 sample = self.dataset[record]
             if sample is not None:
                 unreadable = 0
