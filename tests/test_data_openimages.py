@@ -135,9 +135,22 @@ def test_the_label_table_is_cached_and_rebuilt_when_the_csv_changes(tmp_path: Pa
     real = openimages.read_image_labels
     monkeypatch.setattr(openimages, "read_image_labels", lambda *a: parsed.append(a) or real(*a))
     again = openimages.load(root, "validation")
-    assert not parsed and "loaded from the cache" in again.notes[1]  # the CSV was not parsed again
+    assert not parsed and "listing loaded from the cache" in again.notes[1]  # no CSV parsed, no folder listed
     assert list(again.files) == list(first.files)
     np.testing.assert_array_equal(again.targets_matrix(), first.targets_matrix())
+    listings = []
+    real_listing = openimages.find_missing
+    monkeypatch.setattr(openimages, "find_missing", lambda *a: listings.append(a) or real_listing(*a))
+    (root / "validation" / "000d4.jpg").unlink()  # the folder changes: listed again, the table kept
+    with pytest.warns(UserWarning, match="1 of 3 listed images are missing on disk"):
+        relisted = openimages.load(root, "validation")
+    assert len(listings) == 1 and not parsed and "images listed again" in relisted.notes[1]
+    assert [relisted.image_id(i) for i in range(len(relisted))] == ["000a1", "000b2"]
+    assert relisted.missing_files == [str(root / "validation" / "000d4.jpg")]
+    with pytest.warns(UserWarning, match="missing on disk"):
+        assert openimages.load(root, "validation").missing_files == relisted.missing_files
+    assert len(listings) == 1
+    Image.new("RGB", (40, 32)).save(root / "validation" / "000d4.jpg")
     csv_file = root / "validation-annotations-human-imagelabels.csv"
     csv_file.write_text(LABELS + "000c3,verification,/m/02,1\n")  # a new row: 000c3 now has a class
     changed = openimages.load(root, "validation")

@@ -328,3 +328,8 @@ def test_two_gloo_processes_read_disjoint_samples_that_cover_the_epoch(tmp_path:
     assert sorted(ranks[0]["eval"] + ranks[1]["eval"]) == list(range(10))
     assert "cached in" in ranks[0]["label_table"]  # rank 0 read the CSV and cached its table first,
     assert "loaded from the cache" in ranks[1]["label_table"]  # then rank 1 loaded it
+
+
+def test_data_check_sends_shards_back_to_their_source(packed: Path, capsys) -> None:
+    assert main(["data", "check", "--format", "shards", "--root", str(packed)]) == 2
+    assert "run it on the source before packing" in capsys.readouterr().err

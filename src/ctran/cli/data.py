@@ -192,6 +192,11 @@ def _open(args: argparse.Namespace):
     """The split to inspect; missing files are reported by the command, not warned about."""
     from ctran.data.registry import build_dataset, default_split
 
+    if args.format == "shards":
+        raise CTranError(
+            f"data {args.action} reads a dataset's label tables, which a shard folder keeps in its records; "
+            "run it on the source before packing (--format F --root R)"
+        )
     split = args.split or default_split(args.format, "train")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)

@@ -215,7 +215,8 @@ class ImageFileDataset(BadImagePolicy, LabeledImages):
     ``image_id(i)`` returns ``files[i]``. CUB-style datasets also carry ``extra_groups`` (lists of extra-label
     indices revealed together) and ``extra_certainty`` ((N, E) annotator certainty, 1 = "not visible").
     ``decode_side`` (set by ``registry.build_dataset``): the side the transform resizes to, so that large
-    JPEGs are decoded at a reduced size (``transforms.load_image``).
+    JPEGs are decoded at a reduced size (``transforms.load_image``). ``missing``: the positions of the files
+    absent on disk, where a reader cached an earlier listing of the folder (Open Images' 9M files).
     """
 
     decode_side: int | None = None
@@ -236,6 +237,7 @@ class ImageFileDataset(BadImagePolicy, LabeledImages):
         notes: Sequence[str] = (),
         extra_groups: Sequence[Sequence[int]] = (),
         extra_certainty: np.ndarray | None = None,
+        missing: np.ndarray | None = None,
     ) -> None:
         if on_bad_image not in ON_BAD_IMAGE:
             raise CTranError(f"on_bad_image must be 'skip' or 'fail', got {on_bad_image!r}")
@@ -254,7 +256,7 @@ class ImageFileDataset(BadImagePolicy, LabeledImages):
         self.bad_images: list[tuple[str, str]] = []
         self.dropped_files: list[str] = []
         self._check_shapes()
-        self._drop_missing(warn=not drop_missing)
+        self._drop_missing(warn=not drop_missing, missing=missing)
 
     def _check_shapes(self) -> None:
         """Catch reader bugs early: every table has one row per file and one column per name."""
@@ -265,13 +267,15 @@ class ImageFileDataset(BadImagePolicy, LabeledImages):
                     f"a ({len(table)}, {table.num_labels}) label table for {n} files and {len(names)} names"
                 )
 
-    def _drop_missing(self, warn: bool) -> None:
+    def _drop_missing(self, warn: bool, missing: np.ndarray | None = None) -> None:
         """Leave out the listed files that are not on disk, or fail (policy "fail", unless ``warn`` is off:
-        NUS-WIDE, whose listings name images the publisher never shipped, drops them quietly)."""
+        NUS-WIDE, whose listings name images the publisher never shipped, drops them quietly). ``missing``:
+        their positions as a reader cached them from an earlier listing (None: the folders are listed)."""
         if not self.image_dir.is_dir():
             raise CTranError(f"image folder {self.image_dir} does not exist")
         names = np.char.add(self.files, self.suffix) if self.suffix else self.files
-        missing = find_missing(self.image_dir, names) if len(names) else np.zeros(0, dtype=np.int64)
+        if missing is None:
+            missing = find_missing(self.image_dir, names) if len(names) else np.zeros(0, dtype=np.int64)
         if not len(missing):
             return
         example = self.image_dir / names[missing[0]]
