@@ -221,7 +221,7 @@ def _has_split(format: str, root: str | Path | None, split: str, options: dict) 
                 f"(val.{format} optional), got {root}"
             )
         return (root_path / f"{split}.{format}").exists()
-    if format == "shards":  # packed as training reads it: a val split whenever a train split
+    if format == "shards":  # pack writes train, val and test; shards.load names a split that is missing
         return True
     if format == "cub":
         source = options.get("source", "auto")

@@ -283,6 +283,8 @@ class ShardStream(IterableDataset):
         passes = (shuffle(self.dataset.buffer, rng=rng)(_one_pass(shards)) for _ in itertools.count())
         records = itertools.chain.from_iterable(passes)  # the buffer never mixes two passes
         unreadable, limit = 0, sum(shard.samples for shard in shards)
+        if not limit:  # nothing to go round (never with ctran data pack's shards)
+            raise CTranError(f"no samples in the shards {', '.join(s.url for s in shards) or '(none)'}")
         for record in records:
             with augmentation_seed(self.seed, epoch, record.index):
                 sample = self.dataset[record]
