@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 import os
 import shutil
@@ -333,3 +334,22 @@ def test_two_gloo_processes_read_disjoint_samples_that_cover_the_epoch(tmp_path:
 def test_data_check_sends_shards_back_to_their_source(packed: Path, capsys) -> None:
     assert main(["data", "check", "--format", "shards", "--root", str(packed)]) == 2
     assert "run it on the source before packing" in capsys.readouterr().err
+
+
+def test_shards_close_at_their_size_in_bytes(digits: Path, tmp_path: Path) -> None:
+    """Each shard takes samples while they fit in ``shard_bytes`` (image and record), the next one did not."""
+    from ctran.data.pack import pack_split
+
+    limit = 2500
+    dataset = build_dataset("csv", digits, "test")
+    manifest = pack_split(dataset, tmp_path, "test", {"format": "csv"}, shard_size=1000, shard_bytes=limit)
+    sizes = []  # bytes of each shard's samples, in order
+    for number in range(len(manifest["shard_samples"])):
+        members = _members(tmp_path / f"test-{number:06d}.tar")
+        keys = sorted({name.split(".")[0] for name in members})
+        sizes.append([sum(len(v) for k, v in members.items() if k.startswith(key)) for key in keys])
+    assert [len(shard) for shard in sizes] == manifest["shard_samples"] and sum(map(len, sizes)) == SIZES[
+        "test"
+    ]
+    assert len(sizes) > 1 and all(sum(shard) <= limit for shard in sizes)
+    assert all(sum(shard) + following[0] > limit for shard, following in itertools.pairwise(sizes))

@@ -10,6 +10,7 @@ last complete shard, and never leaves a half-written shard, manifest or vocabula
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import math
@@ -105,35 +106,52 @@ def pack_split(
         state = {"settings": settings, "shard_samples": [], "shard_bytes": [], "next": 0, "unreadable": []}
     if progress:
         progress(state["next"], total)
-    pending = _encoded(dataset, state["next"], max_side, state["unreadable"], progress)
-    upcoming = next(pending, None)
-    while upcoming is not None:
-        shard = out / f"{name}-{len(state['shard_samples']):06d}.tar"
-        counts = {"samples": 0, "bytes": 0}
-
-        def write(handle, counts=counts) -> None:
-            nonlocal upcoming
-            from webdataset import TarWriter
-
-            with TarWriter(handle, encoder=False, mtime=0) as tar:  # mtime 0: the same bytes every time
-                while upcoming is not None and counts["samples"] < shard_size:
-                    if counts["samples"] and counts["bytes"] + upcoming.size > shard_bytes:
-                        break
-                    tar.write(upcoming.sample())
-                    counts["samples"] += 1
-                    counts["bytes"] += upcoming.size
-                    upcoming = next(pending, None)
-
-        atomic_write(shard, write)
-        state["shard_samples"].append(counts["samples"])
+    queue = _Queue(_encoded(dataset, state["next"], max_side, state["unreadable"], progress))
+    while queue.next is not None:
+        shard, before = out / f"{name}-{len(state['shard_samples']):06d}.tar", queue.popped
+        atomic_write(shard, functools.partial(_write_shard, queue=queue, limits=(shard_size, shard_bytes)))
+        state["shard_samples"].append(queue.popped - before)
         state["shard_bytes"].append(shard.stat().st_size)
-        state["next"] = total if upcoming is None else int(upcoming.key)
+        state["next"] = total if queue.next is None else int(queue.next.key)
         atomic_write_bytes(state_path, json.dumps(state).encode())
     manifest = _manifest(name, state)
     _remove_stale(out, name, len(state["shard_samples"]))
     atomic_write_bytes(manifest_path, json.dumps(manifest, indent=1).encode())
     state_path.unlink(missing_ok=True)
     return manifest
+
+
+class _Queue:
+    """The samples still to write, the next one visible: a shard closes before a sample that would make it
+    pass its size in bytes."""
+
+    def __init__(self, samples: Iterator[Encoded]) -> None:
+        self._samples = samples
+        self.next = next(samples, None)
+        self.popped = 0
+
+    def pop(self) -> Encoded:
+        sample, self.next = self.next, next(self._samples, None)
+        self.popped += 1
+        return sample
+
+
+def _write_shard(handle, queue: _Queue, limits: tuple[int, int]) -> None:
+    """One tar file of the queue's next samples, up to ``limits`` (samples, bytes; a sample larger than the
+    bytes gets a shard of its own)."""
+    from webdataset import TarWriter
+
+    shard_size, shard_bytes = limits
+    count = size = 0
+    with TarWriter(handle, encoder=False, mtime=0) as tar:  # mtime 0: the same bytes every time
+        while (
+            queue.next is not None
+            and count < shard_size
+            and (not count or size + queue.next.size <= shard_bytes)
+        ):
+            size += queue.next.size
+            tar.write(queue.pop().sample())
+            count += 1
 
 
 def _manifest(name: str, state: dict) -> dict:
