@@ -55,6 +55,15 @@ def test_undo_restores_what_was_there_before_and_walks_back(store: AnswerStore) 
     assert len(store.history()) == 7  # undos are answers too: nothing is deleted
 
 
+def test_undo_never_overwrites_another_annotators_later_answer(store: AnswerStore) -> None:
+    store.answer("a.jpg", "cat", True, "ann")
+    store.answer("a.jpg", "cat", False, "bob")
+    assert store.undo("ann").value is False and store.state("a.jpg") == {"cat": False}  # bob's stands
+    store.answer("a.jpg", "dog", True, "bob")
+    store.answer("a.jpg", "dog", False, "ann")
+    assert store.undo("ann").value is True and store.state("a.jpg")["dog"] is True  # back to bob's
+
+
 def test_mistakes_are_refused(store: AnswerStore) -> None:
     with pytest.raises(CTranError, match="unknown label 'cow'"):
         store.answer("a.jpg", "cow", True, "ann")

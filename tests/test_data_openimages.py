@@ -123,3 +123,53 @@ def test_sparse_and_dense_tables_agree() -> None:
     for value in (-1, 0, 1):
         np.testing.assert_array_equal(sparse.counts(value), (dense == value).sum(axis=0))
         np.testing.assert_array_equal(sparse.per_image(value), (dense == value).sum(axis=1))
+
+
+def test_the_label_table_is_cached_and_rebuilt_when_the_csv_changes(tmp_path: Path, monkeypatch) -> None:
+    root = make_openimages(tmp_path)
+    first = openimages.load(root, "validation")
+    caches = list((root / ".ctran-cache").glob("*.npz"))
+    assert len(caches) == 1 and "cached in" in first.notes[1]
+    assert not [p for p in (root / ".ctran-cache").iterdir() if p.suffix != ".npz"]  # no temporary file left
+    parsed = []
+    real = openimages.read_image_labels
+    monkeypatch.setattr(openimages, "read_image_labels", lambda *a: parsed.append(a) or real(*a))
+    again = openimages.load(root, "validation")
+    assert not parsed and "listing loaded from the cache" in again.notes[1]  # no CSV parsed, no folder listed
+    assert list(again.files) == list(first.files)
+    np.testing.assert_array_equal(again.targets_matrix(), first.targets_matrix())
+    listings = []
+    real_listing = openimages.find_missing
+    monkeypatch.setattr(openimages, "find_missing", lambda *a: listings.append(a) or real_listing(*a))
+    (root / "validation" / "000d4.jpg").unlink()  # the folder changes: listed again, the table kept
+    with pytest.warns(UserWarning, match="1 of 3 listed images are missing on disk"):
+        relisted = openimages.load(root, "validation")
+    assert len(listings) == 1 and not parsed and "images listed again" in relisted.notes[1]
+    assert [relisted.image_id(i) for i in range(len(relisted))] == ["000a1", "000b2"]
+    assert relisted.missing_files == [str(root / "validation" / "000d4.jpg")]
+    with pytest.warns(UserWarning, match="missing on disk"):
+        assert openimages.load(root, "validation").missing_files == relisted.missing_files
+    assert len(listings) == 1
+    Image.new("RGB", (40, 32)).save(root / "validation" / "000d4.jpg")
+    csv_file = root / "validation-annotations-human-imagelabels.csv"
+    csv_file.write_text(LABELS + "000c3,verification,/m/02,1\n")  # a new row: 000c3 now has a class
+    changed = openimages.load(root, "validation")
+    assert len(parsed) == 1 and [changed.image_id(i) for i in range(len(changed))][-1] == "000c3"
+    openimages.load(root, "validation", classes=str(root / "oidv6-classes-trainable.txt"))
+    assert len(parsed) == 1  # the same vocabulary from the same file: the cache of the changed CSV
+    (root / "fewer.txt").write_text("/m/01\n/m/02\n")
+    assert openimages.load(root, "validation", classes=str(root / "fewer.txt")).target_names == ("Cat", "Dog")
+    assert len(parsed) == 2  # another vocabulary: its own table
+    caches[0].write_bytes(caches[0].read_bytes()[:100])  # a cache cut short is built again, not trusted
+    np.testing.assert_array_equal(
+        openimages.load(root, "validation").targets_matrix(), changed.targets_matrix()
+    )
+    assert len(parsed) == 3
+
+
+def test_the_cache_can_be_off_or_elsewhere(tmp_path: Path) -> None:
+    root = make_openimages(tmp_path / "data")
+    assert "cache=off" in openimages.load(root, "validation", cache="off").notes[1]
+    assert not (root / ".ctran-cache").exists()
+    openimages.load(root, "validation", cache=str(tmp_path / "elsewhere"))
+    assert len(list((tmp_path / "elsewhere").glob("*.npz"))) == 1 and not (root / ".ctran-cache").exists()

@@ -19,7 +19,18 @@ from test_data_voc import make_voc
 
 
 def test_formats_and_default_splits() -> None:
-    assert FORMATS == ("voc", "coco", "vg500", "nuswide", "cub", "openimages", "csv", "jsonl", "digits")
+    assert FORMATS == (
+        "voc",
+        "coco",
+        "vg500",
+        "nuswide",
+        "cub",
+        "openimages",
+        "csv",
+        "jsonl",
+        "digits",
+        "shards",
+    )
     assert default_split("voc", "test") == "test" and default_split("voc", "train") == "trainval"
     assert default_split("coco", "test") == "val" and default_split("openimages", "val") == "validation"
     with pytest.raises(CTranError, match="coco has no validation split of its own"):

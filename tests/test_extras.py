@@ -60,6 +60,7 @@ def _image(path: Path) -> Path:
     [
         (["serve", "--checkpoint", "{ckpt}"], "fastapi", "serve"),
         (["serve", "--checkpoint", "{ckpt}"], "uvicorn", "serve"),
+        (["annotate", "{tmp}", "--checkpoint", "{ckpt}"], "fastapi", "serve"),
         (["explain", "--checkpoint", "{ckpt}", "{image}"], "matplotlib", "viz"),
         (["data", "stats", "--format", "csv", "--root", "{tmp}", "--out", "{tmp}/s"], "matplotlib", "viz"),
         (["compare", "{tmp}"], "matplotlib", "viz"),

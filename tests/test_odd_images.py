@@ -11,9 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
+from ctran.cli import main
 from ctran.data.registry import build_dataset
 from ctran.data.transforms import load_image
 from ctran.errors import CTranError
+from ctran.training.loaders import eval_loader
 
 GOOD = ("rgb.jpg", "cmyk.jpg", "deep.png", "palette.png", "rotated.jpg", "grey.png")
 BAD = ("truncated.jpg", "empty.jpg", "text.jpg", "huge.png")
@@ -93,3 +95,33 @@ def test_training_survives_bad_images_and_lists_them(odd_folder: Path, tmp_path_
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["skipped_images"] == skipped["count"]
     assert metrics["n_images"] == len(GOOD)  # the test split: every readable image scored, no more
+
+
+def test_large_jpegs_decode_at_a_reduced_size_and_small_ones_exactly(tmp_path: Path, monkeypatch) -> None:
+    """Pillow's draft: a 1600 x 1200 JPEG bound for 144 px decodes at 1/8 (200 x 150), never below the
+    side asked for; an image under twice that side decodes bit for bit as without it."""
+    from ctran.data import images, shards
+    from ctran.data.transforms import eval_transform
+
+    photo = Image.radial_gradient("L").resize((1600, 1200)).convert("RGB")
+    photo.save(tmp_path / "big.jpg", quality=90)
+    photo.resize((280, 210)).save(tmp_path / "small.jpg", quality=90)
+    big, small = tmp_path / "big.jpg", tmp_path / "small.jpg"
+    assert load_image(big, 144).size == (200, 150) and load_image(big, 400).size == (800, 600)
+    assert load_image(big).size == (1600, 1200)
+    assert np.array_equal(np.asarray(load_image(small, 144)), np.asarray(load_image(small)))
+    transform = eval_transform(128, 144)
+    difference = (transform(load_image(big, 144)) - transform(load_image(big))).abs()
+    assert float(difference.mean()) < 0.03  # normalised units: about 1.5 / 255 of a pixel value
+    (tmp_path / "train.csv").write_text("image,labels\nbig.jpg,a\nsmall.jpg,b\n")
+    asked = []
+    for module in (images, shards):
+        monkeypatch.setattr(
+            module, "load_image", lambda file, side=None: asked.append(side) or load_image(file)
+        )
+    folder = build_dataset("csv", tmp_path / "train.csv", "train", image_size=128, scale_size=144)
+    assert folder.decode_side == 144 and folder[0].image.shape == (3, 128, 128) and asked == [144]
+    args = ["data", "pack", "--format", "csv", "--root", str(tmp_path / "train.csv"), "--split", "train"]
+    assert main([*args, "--out", str(tmp_path / "shards"), "--quiet"]) == 0
+    packed = build_dataset("shards", tmp_path / "shards", "train", image_size=96, scale_size=None)
+    assert packed.decode_side == 96 and len(list(eval_loader(packed, 2))) == 1 and asked[1:] == [96, 96]

@@ -69,3 +69,58 @@ def test_no_input_causes_a_server_error(tmp_path: Path) -> None:
         f"{op.method.upper()} {op.path}" for op in operations if not reached[f"{op.method.upper()} {op.path}"]
     ]
     assert not unreached, f"no fuzzed request got past validation for: {unreached}"
+
+
+def test_no_input_causes_a_server_error_in_a_library(tmp_path: Path, digits_checkpoint: Path) -> None:
+    """``ctran annotate``'s API: fuzzed ids, labels, answers, filters and names are 4xx at worst; three
+    cases in four name a real image and label, so the requests reach the answer store and the model."""
+    from ctran.annotation.library import Library
+    from ctran.serving.library_app import create_library_app
+    from test_annotate import IMAGES, make_library
+
+    library = Library(make_library(tmp_path / "lib"))
+    (library.root / "broken.png").write_bytes(b"\x89PNG not really")  # an unreadable image in the library
+    library.rescan()
+    images = itertools.cycle([*IMAGES, "broken.png"])
+    labels = itertools.cycle([*TARGETS, *EXTRAS])
+    reached: Counter[str] = Counter()
+    try:
+        app = create_library_app(library, ctran.load(digits_checkpoint))
+        with BackgroundServer(app) as server:
+            schema = schemathesis.openapi.from_url(server.url + "openapi.json")
+            operations = [result.ok() for result in schema.get_all_operations()]
+            assert len(operations) >= 10
+            turn = itertools.count()
+            for operation in operations:
+
+                @given(case=operation.as_strategy())
+                @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+                def call(case) -> None:
+                    if next(turn) % 4:
+                        for fields in (case.query, case.body):
+                            if not isinstance(fields, dict):
+                                continue
+                            for key in ("id", "image", "after"):
+                                if key in fields:
+                                    fields[key] = next(images)
+                            if "label" in fields:
+                                fields["label"] = next(labels)
+                            if isinstance(fields.get("annotator"), str) and not fields["annotator"].strip():
+                                fields["annotator"] = "fuzz"
+                    response = case.call()
+                    where = f"{case.method} {case.formatted_path} {case.query} {case.body}"
+                    assert response.status_code < 500, (
+                        f"{where}: {response.status_code} {response.text[:300]}"
+                    )
+                    if response.status_code >= 400:
+                        assert "error" in response.json(), where  # every error is {"error": message}
+                    else:
+                        reached[f"{case.method} {case.path}"] += 1
+
+                call()
+    finally:
+        library.close()
+    unreached = [
+        f"{op.method.upper()} {op.path}" for op in operations if not reached[f"{op.method.upper()} {op.path}"]
+    ]
+    assert not unreached, f"no fuzzed request got past validation for: {unreached}"

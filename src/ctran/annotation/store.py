@@ -2,8 +2,8 @@
 
 An answer is a row: (image, label, value, source, annotator, time), value 1 (yes), 0 (no) or NULL (cleared:
 back to unknown). Rows are only ever added, so the history keeps every answer of every annotator; an
-image's current state is the last row per label (the last answer wins). Undo adds a row too: it restores
-what the label was before the undone answer and points at it.
+image's current state is the last row per label (the last answer wins). Undo adds a row too: it points at
+the undone answer and sets the label to the latest answer still standing without it.
 
 WAL mode, ``synchronous=FULL`` and one transaction per answer: a crash or ``kill -9`` at any moment loses at
 most the answer in flight, and several processes (two browsers on one server, a script beside it) can
@@ -132,8 +132,10 @@ class AnswerStore:
             ]
 
     def undo(self, annotator: str, image: str | None = None) -> Answer | None:
-        """Undo ``annotator``'s last answer not yet undone (on ``image`` if given): a new row restores the
-        label's value from before it. Repeated calls walk back further. None when nothing is left."""
+        """Undo ``annotator``'s last answer not yet undone (on ``image`` if given): a new row sets the label
+        to what it would be without it, the latest answer still standing, whoever gave it: the one before
+        it, or a later one of another annotator's, which an undo must not overwrite. Repeated calls walk
+        back further. None when nothing is left."""
         with self._lock, transaction(self._db):
             query = (
                 "SELECT id, image, label FROM answers a WHERE annotator = ? AND source != 'undo'"
@@ -146,11 +148,12 @@ class AnswerStore:
             if row is None:
                 return None
             target, image_id, label = row
-            before = self._db.execute(
-                "SELECT value FROM answers WHERE image = ? AND label = ? AND id < ? ORDER BY id DESC LIMIT 1",
+            standing = self._db.execute(
+                "SELECT value FROM answers a WHERE image = ? AND label = ? AND id != ? AND source != 'undo'"
+                " AND NOT EXISTS (SELECT 1 FROM answers u WHERE u.undoes = a.id) ORDER BY id DESC LIMIT 1",
                 (image_id, label, target),
             ).fetchone()
-            value = None if before is None or before[0] is None else bool(before[0])
+            value = None if standing is None or standing[0] is None else bool(standing[0])
             return self._insert(image_id, label, value, "undo", annotator, time.time(), target)
 
     def imported(self, image: str) -> dict[str, str | None] | None:

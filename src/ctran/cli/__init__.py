@@ -10,10 +10,36 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from ctran.cli import compare, convert, data, demo, evaluate, explain, export, predict, serve, tag, train
+from ctran.cli import (
+    annotate,
+    compare,
+    convert,
+    data,
+    demo,
+    evaluate,
+    explain,
+    export,
+    predict,
+    serve,
+    tag,
+    train,
+)
 from ctran.errors import CTranError
 
-COMMAND_MODULES = (demo, train, evaluate, compare, predict, tag, explain, export, convert, serve, data)
+COMMAND_MODULES = (
+    demo,
+    train,
+    evaluate,
+    compare,
+    predict,
+    tag,
+    explain,
+    export,
+    convert,
+    serve,
+    annotate,
+    data,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

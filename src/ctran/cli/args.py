@@ -9,7 +9,7 @@ from ctran.errors import CTranError
 
 # The names of ctran.data.registry.REGISTRY (a test keeps them equal), here so that building the parser,
 # and so ``--help``, does not import the readers and torch.
-DATASET_FORMATS = ("voc", "coco", "vg500", "nuswide", "cub", "openimages", "csv", "jsonl", "digits")
+DATASET_FORMATS = ("voc", "coco", "vg500", "nuswide", "cub", "openimages", "csv", "jsonl", "digits", "shards")
 
 # predict and serve share one default cut (Predictor.default_threshold); both --help texts say which.
 THRESHOLD_DEFAULT = "default: the checkpoint's calibrated per-label thresholds when it has them, else 0.5"

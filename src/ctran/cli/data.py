@@ -1,4 +1,5 @@
-"""``ctran data check``, ``stats``, ``synth`` and ``emoji``: check, describe, generate or build a dataset."""
+"""``ctran data check``, ``stats``, ``synth``, ``emoji``, ``pack``: check, describe, generate, build or pack
+a dataset."""
 
 from __future__ import annotations
 
@@ -8,14 +9,19 @@ import warnings
 from pathlib import Path
 
 from ctran.cli.args import DATASET_FORMATS, add_quiet_flag, dataset_options, show_progress
+from ctran.errors import CTranError
 from ctran.extras import require
 
 
-def add_dataset_arguments(parser: argparse.ArgumentParser, split_help: str) -> None:
+def add_dataset_arguments(
+    parser: argparse.ArgumentParser, split_help: str, several_splits: bool = False
+) -> None:
     """``--format/--root/--split/--option``, shared with any command that reads a dataset."""
     parser.add_argument("--format", required=True, choices=DATASET_FORMATS, help="dataset format")
     parser.add_argument("--root", type=Path, default=None, help="dataset folder (or file, for csv/jsonl)")
-    parser.add_argument("--split", default=None, help=split_help)
+    parser.add_argument(
+        "--split", default=None, action="append" if several_splits else "store", help=split_help
+    )
     parser.add_argument(
         "--option",
         "-o",
@@ -23,8 +29,9 @@ def add_dataset_arguments(parser: argparse.ArgumentParser, split_help: str) -> N
         default=[],
         metavar="KEY=VALUE",
         help="format option, repeatable: voc difficult=ignore|negative|positive, year=2007; coco year=2014; "
-        "vg500 names=FILE; cub source=auto|cbm|raw, attributes=class|instance; openimages classes=FILE; "
-        "csv/jsonl vocabulary=FILE, extra_vocabulary=FILE, unlisted=negative|unknown; digits size=N",
+        "vg500 names=FILE; cub source=auto|cbm|raw, attributes=class|instance; openimages classes=FILE, "
+        "cache=auto|off|DIR; csv/jsonl vocabulary=FILE, extra_vocabulary=FILE, unlisted=negative|unknown; "
+        "digits size=N; shards buffer=N (shuffle buffer, samples per loader worker)",
     )
 
 
@@ -63,6 +70,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     stats.set_defaults(run=_run_stats)
     _register_synth(actions)
     _register_emoji(actions)
+    _register_pack(actions)
 
 
 def _register_synth(actions: argparse._SubParsersAction) -> None:
@@ -135,10 +143,61 @@ def _register_emoji(actions: argparse._SubParsersAction) -> None:
     emoji.set_defaults(run=_run_emoji)
 
 
+def _register_pack(actions: argparse._SubParsersAction) -> None:
+    pack = actions.add_parser(
+        "pack",
+        help="write a dataset as WebDataset tar shards, for training at scale (data.format: shards)",
+        description="Write a dataset, in any format ctran reads, as WebDataset tar shards: each "
+        "image's bytes as stored (or re-encoded with --max-side) and a JSON record of its target and extra "
+        "states, id and source file; the vocabulary once, in vocabulary.json; one manifest per split "
+        "(<split>.json: the shards' URL pattern and sample counts). Without --split it packs train, val "
+        "and test exactly as `ctran train` reads them (val held out of train, by --val-fraction and "
+        "--seed, where the format has none), so that `ctran train --data shards --data-root OUT` trains on "
+        "the same data. Shards are written under a temporary name and renamed when complete; a stopped "
+        "pack re-run with the same arguments goes on from its last complete shard. Prints a JSON summary.",
+        epilog="examples:\n"
+        "  ctran data pack --format openimages --root /data/openimages --out /data/oi --max-side 640\n"
+        "  torchrun --nproc_per_node=8 -m ctran train --config configs/coco80.yaml --data shards \\\n"
+        "      --data-root /data/oi --out runs/oi\n"
+        "  ctran data pack --format voc --root /data/VOCdevkit --split val --out /data/voc  # one more split",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_dataset_arguments(
+        pack,
+        "a split to pack under its own name, as the publisher names it; repeatable (default: train, val "
+        "and test as training reads them)",
+        several_splits=True,
+    )
+    pack.add_argument("--out", type=Path, required=True, help="output folder")
+    pack.add_argument(
+        "--max-side", type=int, default=None, help="re-encode images whose longest side is larger (JPEG q90)"
+    )
+    pack.add_argument(
+        "--shard-size",
+        type=int,
+        default=None,
+        help="samples per shard (default: a 64th of the split, so 8 processes x 8 workers each read one)",
+    )
+    pack.add_argument(
+        "--shard-bytes", type=float, default=1e9, help="bytes per shard at most (default: 1e9, one GB)"
+    )
+    pack.add_argument(
+        "--val-fraction", type=float, default=0.1, help="held out of train without a val split (default: 0.1)"
+    )
+    pack.add_argument("--seed", type=int, default=0, help="seed of the held-out val split (default: 0)")
+    add_quiet_flag(pack)
+    pack.set_defaults(run=_run_pack)
+
+
 def _open(args: argparse.Namespace):
     """The split to inspect; missing files are reported by the command, not warned about."""
     from ctran.data.registry import build_dataset, default_split
 
+    if args.format == "shards":
+        raise CTranError(
+            f"data {args.action} reads a dataset's label tables, which a shard folder keeps in its records; "
+            "run it on the source before packing (--format F --root R)"
+        )
     split = args.split or default_split(args.format, "train")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
@@ -286,3 +345,68 @@ def _run_emoji(args: argparse.Namespace) -> int:
         print(f"skipped {icon}: {reason}")
     print(f"train: ctran train --config own-cpu --data csv --data-root {args.out} --out runs/emoji")
     return 0
+
+
+def _run_pack(args: argparse.Namespace) -> int:
+    import json
+
+    from tqdm import tqdm
+
+    from ctran.cli.args import positive
+    from ctran.data.pack import pack_split
+
+    if args.format == "digits":
+        raise CTranError("the digit scenes are generated, not files: there is nothing to pack")
+    shard_size = None if args.shard_size is None else positive(args.shard_size, "--shard-size")
+    max_side = None if args.max_side is None else positive(args.max_side, "--max-side")
+    summary: dict = {"out": str(args.out), "splits": {}}
+    for name, (dataset, source) in _packed_splits(args).items():
+        with tqdm(desc=f"pack {name}", unit=" img", disable=not show_progress(args.quiet)) as bar:
+
+            def advance(done: int, total: int, bar=bar) -> None:
+                bar.total = total
+                bar.update(done - bar.n)
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # counted in the summary instead
+                manifest = pack_split(
+                    dataset,
+                    args.out,
+                    name,
+                    source,
+                    max_side=max_side,
+                    shard_size=shard_size,
+                    shard_bytes=int(args.shard_bytes),
+                    progress=advance,
+                )
+        summary["splits"][name] = {
+            "samples": manifest["samples"],
+            "shards": len(manifest["shard_samples"]),
+            "bytes": sum(manifest["shard_bytes"]),
+            "missing_on_disk": len(getattr(dataset, "missing_files", [])),
+            "unreadable": len(manifest["unreadable"]),
+        }
+    summary["train"] = f"ctran train --config CONFIG --data shards --data-root {args.out} --out RUN"
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _packed_splits(args: argparse.Namespace) -> dict:
+    """{name: (dataset, source)}: the named publisher splits, or train/val/test as training reads them."""
+    from ctran.data.registry import build_dataset, load_splits
+
+    options = dataset_options(args.option)
+    source = {"format": args.format, "root": str(Path(args.root).resolve()) if args.root else None}
+    source["options"] = options
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # missing files: counted in the summary
+        if args.split:
+            return {
+                split: (build_dataset(args.format, args.root, split, **options), {**source, "split": split})
+                for split in dict.fromkeys(args.split)
+            }
+        splits = load_splits(
+            args.format, args.root, seed=args.seed, val_fraction=args.val_fraction, **options
+        )
+    held = {"val_fraction": args.val_fraction, "seed": args.seed}
+    return {role: (dataset, {**source, **held, "role": role}) for role, dataset in splits.items()}

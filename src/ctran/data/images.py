@@ -186,13 +186,40 @@ def find_missing(image_dir: Path, files: np.ndarray) -> np.ndarray:
     return np.flatnonzero(missing)
 
 
-class ImageFileDataset(LabeledImages):
+class BadImagePolicy:
+    """``on_bad_image`` for a reader: skip an unreadable image (listed, warned about, logged) or fail."""
+
+    on_bad_image: str = "skip"
+    bad_images: list[tuple[str, str]]
+    bad_image_log: Path | None = None  # set by a training run to list skips in its folder
+
+    def _bad_image(self, where: str | Path, err: Exception) -> None:
+        """None (the sample is dropped from its batch), or a ``CTranError`` naming ``where``."""
+        reason = f"{type(err).__name__}: {err}"
+        if self.on_bad_image == "fail":
+            raise CTranError(
+                f"cannot read image {where}: {reason} (on_bad_image='skip' skips such files)"
+            ) from err
+        self.bad_images.append((str(where), reason))
+        warnings.warn(f"skipping unreadable image {where}: {reason}", stacklevel=3)
+        if self.bad_image_log is not None:  # one JSON line per skip; appends from worker processes are safe
+            with open(self.bad_image_log, "a") as log:
+                log.write(json.dumps({"path": str(where), "reason": reason}) + "\n")
+        return None
+
+
+class ImageFileDataset(BadImagePolicy, LabeledImages):
     """Images on disk with target (and extra) label tables; yields ``Sample`` or ``None`` for a bad image.
 
     ``files`` are paths relative to ``image_dir`` (``suffix`` appended, so Open Images can store bare ids);
     ``image_id(i)`` returns ``files[i]``. CUB-style datasets also carry ``extra_groups`` (lists of extra-label
     indices revealed together) and ``extra_certainty`` ((N, E) annotator certainty, 1 = "not visible").
+    ``decode_side`` (set by ``registry.build_dataset``): the side the transform resizes to, so that large
+    JPEGs are decoded at a reduced size (``transforms.load_image``). ``missing``: the positions of the files
+    absent on disk, where a reader cached an earlier listing of the folder (Open Images' 9M files).
     """
+
+    decode_side: int | None = None
 
     def __init__(
         self,
@@ -210,6 +237,7 @@ class ImageFileDataset(LabeledImages):
         notes: Sequence[str] = (),
         extra_groups: Sequence[Sequence[int]] = (),
         extra_certainty: np.ndarray | None = None,
+        missing: np.ndarray | None = None,
     ) -> None:
         if on_bad_image not in ON_BAD_IMAGE:
             raise CTranError(f"on_bad_image must be 'skip' or 'fail', got {on_bad_image!r}")
@@ -226,10 +254,9 @@ class ImageFileDataset(LabeledImages):
         self.extra_groups = [list(group) for group in extra_groups]
         self.extra_certainty = extra_certainty
         self.bad_images: list[tuple[str, str]] = []
-        self.bad_image_log: Path | None = None  # set by a training run to list skips in its folder
         self.dropped_files: list[str] = []
         self._check_shapes()
-        self._drop_missing(warn=not drop_missing)
+        self._drop_missing(warn=not drop_missing, missing=missing)
 
     def _check_shapes(self) -> None:
         """Catch reader bugs early: every table has one row per file and one column per name."""
@@ -240,13 +267,15 @@ class ImageFileDataset(LabeledImages):
                     f"a ({len(table)}, {table.num_labels}) label table for {n} files and {len(names)} names"
                 )
 
-    def _drop_missing(self, warn: bool) -> None:
+    def _drop_missing(self, warn: bool, missing: np.ndarray | None = None) -> None:
         """Leave out the listed files that are not on disk, or fail (policy "fail", unless ``warn`` is off:
-        NUS-WIDE, whose listings name images the publisher never shipped, drops them quietly)."""
+        NUS-WIDE, whose listings name images the publisher never shipped, drops them quietly). ``missing``:
+        their positions as a reader cached them from an earlier listing (None: the folders are listed)."""
         if not self.image_dir.is_dir():
             raise CTranError(f"image folder {self.image_dir} does not exist")
         names = np.char.add(self.files, self.suffix) if self.suffix else self.files
-        missing = find_missing(self.image_dir, names) if len(names) else np.zeros(0, dtype=np.int64)
+        if missing is None:
+            missing = find_missing(self.image_dir, names) if len(names) else np.zeros(0, dtype=np.int64)
         if not len(missing):
             return
         example = self.image_dir / names[missing[0]]
@@ -305,25 +334,17 @@ class ImageFileDataset(LabeledImages):
     def __getitem__(self, index: int) -> Sample | None:
         path = self.path(index)
         try:
-            image = load_image(path)
+            image = load_image(path, self.decode_side)
         except DECODE_ERRORS as err:
             return self._bad_image(path, err)
         targets = torch.from_numpy(self.target_table.row(index).astype(np.int64))  # (T,)
         extras = torch.from_numpy(self.extra_table.row(index).astype(np.int64))  # (E,)
         return Sample(self.transform(image), targets, extras, index)
 
-    def _bad_image(self, path: Path, err: Exception) -> None:
-        reason = f"{type(err).__name__}: {err}"
-        if self.on_bad_image == "fail":
-            raise CTranError(
-                f"cannot read image {path}: {reason} (on_bad_image='skip' skips such files)"
-            ) from err
-        self.bad_images.append((str(path), reason))
-        warnings.warn(f"skipping unreadable image {path}: {reason}", stacklevel=3)
-        if self.bad_image_log is not None:  # one JSON line per skip; appends from worker processes are safe
-            with open(self.bad_image_log, "a") as log:
-                log.write(json.dumps({"path": str(path), "reason": reason}) + "\n")
-        return None
+    def encoded_image(self, index: int) -> tuple[bytes, str]:
+        """The image file's bytes as stored and its lower-case extension (``ctran data pack``)."""
+        path = self.path(index)
+        return path.read_bytes(), path.suffix.lower().lstrip(".")
 
 
 def collate_samples(batch: list[Sample | None]) -> Sample | None:

@@ -17,12 +17,25 @@ The vocabulary is ``classes=FILE`` if given, else the trainable-classes file if 
 the descriptions file; rows of other classes are skipped (and counted), and images left with no annotated
 class are dropped. Labels are named by their display name (with the MID appended when two classes share a
 display name). An (image, class) pair listed twice keeps its positive verdict.
+
+The label table of a split (train: ~60M rows, minutes of parsing) and the list of its images missing on
+disk (train: a 9M-file folder to list) are cached after the first start: a ``.npz`` keyed by the CSV's path,
+size and modification time and the vocabulary (the table), and by the image folder's modification time,
+which changes when a file is added or removed (the listing); in ``.ctran-cache/`` beside the CSV (or, where
+that folder is read-only, under ``~/.cache/ctran``; option ``cache=DIR`` or ``cache=off``). It is written
+under a temporary name and renamed, so a stopped start leaves no half file; what changed is read again.
+Under torchrun rank 0 reads first and the others load its cache (``training.run``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
+import json
+import os
+import warnings
+import zipfile
 from array import array
 from collections import Counter
 from collections.abc import Iterator
@@ -33,11 +46,13 @@ import numpy as np
 from tqdm import tqdm
 
 from ctran.data.annotations import read_lines, require
-from ctran.data.images import ImageFileDataset, SparseLabels
+from ctran.data.images import ImageFileDataset, SparseLabels, find_missing
 from ctran.errors import CTranError
+from ctran.files import atomic_write
 
 SPLITS = ("train", "validation", "test")
-OPTIONS = ("classes",)
+OPTIONS = ("classes", "cache")
+CACHE_VERSION = 1  # bump when the cached arrays change meaning
 LAYOUT = (
     "{train/, validation/, test/ (<ImageID>.jpg), [oidv6-]<split>-annotations-human-imagelabels.csv, "
     "[oidv6-]class-descriptions.csv, [oidv6-]classes-trainable.txt (optional)}"
@@ -46,9 +61,17 @@ PREFIXES = ("oidv7-", "oidv6-", "")
 
 
 def load(
-    root: str | Path, split: str, *, transform=None, on_bad_image: str = "skip", classes: str | None = None
+    root: str | Path,
+    split: str,
+    *,
+    transform=None,
+    on_bad_image: str = "skip",
+    classes: str | None = None,
+    cache: str = "auto",
 ) -> ImageFileDataset:
-    """One Open Images split (``train``, ``validation`` or ``test``) as an ``ImageFileDataset``."""
+    """One Open Images split (``train``, ``validation`` or ``test``) as an ``ImageFileDataset``.
+
+    ``cache``: where the label table is cached (``auto``: beside the CSV, ``off``, or a folder)."""
     if root is None or not Path(root).expanduser().is_dir():
         raise CTranError(f"dataset root {root} does not exist; expected layout: {LAYOUT}")
     base = Path(root).expanduser()
@@ -64,14 +87,16 @@ def load(
         ],
         f"{split} human-verified image labels",
     )
-    ids, table, skipped = read_image_labels(labels_csv, mids)
+    image_dir = require(base / split, LAYOUT)
+    ids, table, skipped, missing, origin = cached_table(labels_csv, mids, image_dir, cache)
     notes = [
-        f"{len(mids)} classes; {table.values.size} annotated (image, class) pairs, the rest not annotated"
+        f"{len(mids)} classes; {table.values.size} annotated (image, class) pairs, the rest not annotated",
+        origin,
     ]
     if skipped:
         notes.append(f"{skipped} label rows of classes outside the vocabulary were skipped")
     return ImageFileDataset(
-        require(base / split, LAYOUT),
+        image_dir,
         ids,
         table,
         display_names(mids, display),
@@ -79,6 +104,7 @@ def load(
         transform=transform,
         on_bad_image=on_bad_image,
         notes=notes,
+        missing=missing,
     )
 
 
@@ -156,6 +182,108 @@ def read_image_labels(path: Path, mids: list[str]) -> tuple[list[str], SparseLab
         len(mids),
     )
     return list(row_of), table, skipped
+
+
+def cached_table(
+    path: Path, mids: list[str], image_dir: Path, cache: str = "auto"
+) -> tuple[np.ndarray | list[str], SparseLabels, int, np.ndarray, str]:
+    """(image ids, label table, rows skipped, positions of the ids missing in ``image_dir``, where they came
+    from): ``read_image_labels`` and ``find_missing``, each from the cache while its source is unchanged.
+    A cache that cannot be written is said once and read around."""
+    listing = {"folder": str(image_dir.resolve()), "mtime_ns": image_dir.stat().st_mtime_ns}  # before listing
+    if cache == "off":
+        ids, table, skipped = read_image_labels(path, mids)
+        return ids, table, skipped, _missing(image_dir, ids), "label table read from the CSV (cache=off)"
+    key = _cache_key(path, mids)
+    target = _cache_folder(path, cache) / f"{path.stem}.{key['vocabulary'][:12]}.npz"
+    cached = _read_cache(target, key, len(mids))
+    if cached is not None and cached["listing"] == listing:
+        origin = f"label table and image listing loaded from the cache {target}"
+        return cached["ids"], cached["table"], cached["skipped"], cached["missing"], origin
+    if cached is not None:
+        ids, table, skipped = cached["ids"], cached["table"], cached["skipped"]
+        origin = f"label table loaded from the cache {target}, images listed again"
+    else:
+        ids, table, skipped = read_image_labels(path, mids)
+        origin = f"label table read from the CSV and cached in {target}"
+    missing = _missing(image_dir, ids)
+    arrays = {"ids": ids, "table": table, "skipped": skipped, "missing": missing, "listing": listing}
+    try:
+        atomic_write(target, lambda handle: _save_cache(handle, key, arrays))
+    except OSError as err:
+        warnings.warn(
+            f"cannot cache the label table in {target} ({err}); it is read again next time", stacklevel=2
+        )
+        origin = "label table read from the CSV (not cached)"
+    return ids, table, skipped, missing, origin
+
+
+def _missing(image_dir: Path, ids: np.ndarray | list[str]) -> np.ndarray:
+    """Positions of the ids whose ``<id>.jpg`` is not in ``image_dir`` (one listing of the folder)."""
+    names = np.char.add(np.asarray(ids, dtype=str), ".jpg")
+    return find_missing(image_dir, names) if len(names) else np.zeros(0, dtype=np.int64)
+
+
+def _cache_key(path: Path, mids: list[str]) -> dict:
+    """What the cached table depends on: the CSV (path, size, modification time) and the vocabulary."""
+    stat = path.stat()
+    vocabulary = hashlib.sha256("\n".join(mids).encode()).hexdigest()
+    source = str(path.resolve())
+    return {
+        "version": CACHE_VERSION,
+        "csv": source,
+        "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+        "vocabulary": vocabulary,
+    }
+
+
+def _cache_folder(path: Path, cache: str) -> Path:
+    """``cache=DIR``, else ``.ctran-cache`` beside the CSV, else (read-only dataset) the user's cache."""
+    if cache != "auto":
+        return Path(cache).expanduser()
+    if os.access(path.parent, os.W_OK):
+        return path.parent / ".ctran-cache"
+    home = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return home / "ctran" / hashlib.sha256(str(path.parent.resolve()).encode()).hexdigest()[:16]
+
+
+def _save_cache(handle, key: dict, arrays: dict) -> None:
+    """The table's arrays, the listing and the keys; ids as ASCII bytes where they are (a quarter of the
+    size)."""
+    ids, table = arrays["ids"], arrays["table"]
+    try:
+        id_array = np.array(ids, dtype=np.bytes_)
+    except UnicodeEncodeError:
+        id_array = np.array(ids, dtype=str)
+    np.savez(
+        handle,
+        key=np.array(json.dumps(key, sort_keys=True)),
+        listing=np.array(json.dumps(arrays["listing"], sort_keys=True)),
+        ids=id_array,
+        indptr=table.indptr,
+        columns=table.columns,
+        values=table.values,
+        skipped=np.array(arrays["skipped"]),
+        missing=np.asarray(arrays["missing"], dtype=np.int64),
+    )
+
+
+def _read_cache(path: Path, key: dict, num_labels: int) -> dict | None:
+    """What ``path`` caches (ids, table, skipped, missing, listing) if it was made for exactly ``key``."""
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            if str(arrays["key"]) != json.dumps(key, sort_keys=True):
+                return None
+            return {
+                "ids": arrays["ids"].astype(str),
+                "table": SparseLabels(arrays["indptr"], arrays["columns"], arrays["values"], num_labels),
+                "skipped": int(arrays["skipped"]),
+                "missing": arrays["missing"],
+                "listing": json.loads(str(arrays["listing"])),
+            }
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):  # absent, foreign or cut short: rebuild
+        return None
 
 
 def _header(path: Path, header: list[str]) -> tuple[int, int, int]:

@@ -59,10 +59,11 @@ class PartialAnnotations(_View):
         return torch.from_numpy(draw < self.fraction)
 
     def __getitem__(self, index: int) -> Sample | None:
-        sample = self.base[index]
+        sample = self.base[index]  # a position, or a shard record (whose image index is sample.index)
         if sample is None or self.fraction == 1.0:
             return sample
-        targets = torch.where(self.kept(index), sample.targets, torch.full_like(sample.targets, UNKNOWN))
+        kept = self.kept(sample.index)
+        targets = torch.where(kept, sample.targets, torch.full_like(sample.targets, UNKNOWN))
         return sample._replace(targets=targets)
 
 

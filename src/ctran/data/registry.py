@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ctran.data import coco, cub, nuswide, openimages, tabular, vg500, voc
+from ctran.data import coco, cub, nuswide, openimages, shards, tabular, vg500, voc
 from ctran.data.base import LabeledImages
 from ctran.data.digit_scenes import SPLIT_SIZES, DigitScenes, DigitScenesDataset, generate_split
 from ctran.data.images import DenseLabels
-from ctran.data.transforms import PAPER_CROPS, eval_transform, train_transform
+from ctran.data.transforms import PAPER_CROPS, decode_side, eval_transform, train_transform
 from ctran.errors import CTranError
 from ctran.normalization import IMAGENET, Normalization
 
@@ -94,6 +94,7 @@ REGISTRY: dict[str, Format] = {
     "digits": Format(
         _load_digits, tuple(SPLIT_SIZES), {"train": "train", "val": "val", "test": "test"}, ("size",)
     ),
+    "shards": Format(shards.load, None, {"train": "train", "val": "val", "test": "test"}, shards.OPTIONS),
 }
 FORMATS: tuple[str, ...] = tuple(REGISTRY)
 
@@ -147,7 +148,10 @@ def build_dataset(
     if format == "digits":
         options.update(seed=seed, norm=norm)
     transform = _transform(train, image_size, scale_size, crop_sizes, norm)
-    return spec.load(root, split, transform=transform, on_bad_image=on_bad_image, **options)
+    dataset = spec.load(root, split, transform=transform, on_bad_image=on_bad_image, **options)
+    if hasattr(dataset, "decode_side"):  # large JPEGs decode at a reduced size (transforms.load_image)
+        dataset.decode_side = decode_side(image_size, scale_size)
+    return dataset
 
 
 def load_splits(
@@ -217,6 +221,8 @@ def _has_split(format: str, root: str | Path | None, split: str, options: dict) 
                 f"(val.{format} optional), got {root}"
             )
         return (root_path / f"{split}.{format}").exists()
+    if format == "shards":  # pack writes train, val and test; shards.load names a split that is missing
+        return True
     if format == "cub":
         source = options.get("source", "auto")
         return source == "cbm" or (source == "auto" and cub.has_pickles(root))

@@ -37,7 +37,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from ctran.checkpoint import load_checkpoint
-from ctran.data.transforms import eval_transform, load_image
+from ctran.data.images import DECODE_ERRORS
+from ctran.data.transforms import decode_side, eval_transform, load_image
 from ctran.devices import resolve_device
 from ctran.errors import CTranError
 from ctran.inference.explain import Explanation, explain_attention
@@ -129,6 +130,8 @@ class Predictor:
         self.batch_size = batch_size
         self.normalization = as_normalization(normalization)
         self._transform = eval_transform(image_size, scale_size, self.normalization) if image_size else None
+        # big JPEGs decode at a fraction of their size, as the datasets decode them for evaluation
+        self._decode_side = decode_side(image_size, scale_size) if image_size else None
 
     @property
     def label_names(self) -> list[str]:
@@ -159,10 +162,13 @@ class Predictor:
         if not path.is_file():
             raise CTranError(f"{path}: no such image file")
         try:
-            image = load_image(path)
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+            opened = Image.open(path)
+            stored = opened.size  # before the draft decode shrinks it
+            image = load_image(opened, self._decode_side)
+        except DECODE_ERRORS as err:
             raise CTranError(f"{path}: cannot read image ({type(err).__name__}: {err})") from err
-        return self._pixels(image, str(path)), str(path), image.size
+        turned = (image.width > image.height) != (stored[0] > stored[1])  # EXIF rotated it a quarter turn
+        return self._pixels(image, str(path)), str(path), stored[::-1] if turned else stored
 
     def _pixels(self, image: Image.Image, name: str) -> torch.Tensor:
         if self._transform is None:

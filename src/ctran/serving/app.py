@@ -90,7 +90,7 @@ def create_app(
         redoc_url=None,
     )
     app.add_middleware(Guard, allowed_hosts=allowed_hosts)
-    _add_error_handlers(app)
+    add_error_handlers(app)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
@@ -249,7 +249,7 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
-def _add_error_handlers(app: FastAPI) -> None:
+def add_error_handlers(app: FastAPI) -> None:
     """Every error as ``{"error": message}``: ours, user mistakes, validation, routing and the unexpected."""
 
     @app.exception_handler(ApiError)

@@ -1,6 +1,7 @@
 """A bounded least-recently-used cache under random ids: what an uploaded image is kept as between requests.
 
 Ids come from ``secrets.token_urlsafe``, so one client cannot guess (or enumerate) another client's images.
+A library's images are public to its page anyway and are cached under their own ids (``put``).
 The cache is shared by the server's worker threads, hence its own lock.
 """
 
@@ -29,11 +30,16 @@ class FeatureCache(Generic[T]):
     def add(self, value: T) -> str:
         """Store ``value`` under a fresh random id and return the id."""
         key = secrets.token_urlsafe(ID_BYTES)
+        self.put(key, value)
+        return key
+
+    def put(self, key: str, value: T) -> None:
+        """Store ``value`` under a key the caller chose (a library image's id), as the most recently used."""
         with self._lock:
             self._items[key] = value
+            self._items.move_to_end(key)
             while len(self._items) > self.capacity:
                 self._items.popitem(last=False)
-        return key
 
     def get(self, key: str) -> T | None:
         """The value, now the most recently used; None when unknown or already evicted."""

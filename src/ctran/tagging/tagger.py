@@ -24,8 +24,6 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from ctran.data.images import DECODE_ERRORS
-from ctran.data.transforms import decode_side, eval_transform, load_image
 from ctran.errors import CTranError
 from ctran.files import atomic_write_bytes
 from ctran.inference.predictor import Predictor
@@ -65,9 +63,7 @@ class LibraryImages(Dataset):
     """Decodes an image and reads its tag files, in a DataLoader worker."""
 
     def __init__(self, items: Sequence[Item], predictor: Predictor, options: TagOptions) -> None:
-        self.items, self.options = items, options
-        self.transform = eval_transform(predictor.image_size, predictor.scale_size, predictor.normalization)
-        self.side = decode_side(predictor.image_size, predictor.scale_size)  # big JPEGs decode at a fraction
+        self.items, self.predictor, self.options = items, predictor, options
 
     def __len__(self) -> int:
         return len(self.items)
@@ -79,10 +75,9 @@ class LibraryImages(Dataset):
         except CTranError as err:
             return Sample(item, problem="unreadable tag file", error=str(err))
         try:
-            pixels = self.transform(load_image(item.image, self.side))
-        except DECODE_ERRORS as err:
-            message = f"{item.image}: cannot read image ({type(err).__name__}: {err})"
-            return Sample(item, problem="unreadable image", error=message)
+            pixels = self.predictor.read(item.image)[0]  # as predict decodes it (big JPEGs at a fraction)
+        except CTranError as err:
+            return Sample(item, problem="unreadable image", error=str(err))
         return Sample(item, pixels, files)
 
 

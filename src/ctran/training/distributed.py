@@ -8,6 +8,7 @@ drop nor duplicate images; what the other ranks need of it (a validation mAP) is
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -58,6 +59,17 @@ def shutdown_distributed() -> None:
 def barrier(ctx: DistContext) -> None:
     if ctx.enabled:
         dist.barrier()
+
+
+@contextlib.contextmanager
+def main_first(ctx: DistContext) -> Iterator[None]:
+    """Rank 0 runs the block, then the other ranks do: what it built once (the Open Images label table's
+    cache) they load instead of each building it again at the same time."""
+    if not ctx.is_main:
+        barrier(ctx)
+    yield
+    if ctx.is_main:
+        barrier(ctx)
 
 
 def all_reduce_sum(value: torch.Tensor, ctx: DistContext) -> torch.Tensor:

@@ -44,6 +44,7 @@ from ctran.report import add_setting, mark_not_scored, setting_name
 from ctran.states import UNKNOWN
 from ctran.training.distributed import DistContext, broadcast_from_main, gather_to_main
 from ctran.training.label_mask import evaluation_states, positive_states
+from ctran.training.loaders import dataset_size
 from ctran.training.precision import autocast
 
 
@@ -313,7 +314,7 @@ def collect_scores(
         images, targets, extras, indices = batch
         num_targets = targets.shape[1]
         if scores is None:
-            total = len(loader.dataset)
+            total = dataset_size(loader)
             scores = EvalScores(settings, total, num_targets, label_chunks(total, num_targets))
         images, targets, extras = images.to(device), targets.to(device), extras.to(device)
         rows = {}

@@ -1,17 +1,26 @@
-"""Data loaders for training (shuffled by seed and epoch) and evaluation (in order, sharded, unpadded)."""
+"""Data loaders for training (shuffled by seed and epoch) and evaluation (in order, sharded, unpadded).
+
+Map-style datasets (image folders, the digit scenes) are read by position through samplers; a packed split
+(``data.format: shards``) is streamed by ``ShardStream``, its tar shards split over processes and workers.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import math
 import os
-from collections.abc import Iterator
+import random
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, get_worker_info
 
-from ctran.data.base import LabeledImages
+from ctran.data.base import LabeledImages, Sample
 from ctran.data.images import collate_samples
+from ctran.data.shards import Shard, read_records
+from ctran.errors import CTranError
 from ctran.training.distributed import DistContext, ShardSampler
 
 
@@ -66,7 +75,10 @@ def train_loader(
     image's random augmentation drawn from (seed, epoch, index): a resumed run sees the same crops.
 
     A batch whose images are all unreadable (or a process's empty share of the last step) arrives as None.
+    A packed split is streamed instead (``ShardStream``).
     """
+    if getattr(dataset, "shards", None) is not None:
+        return shard_loader(dataset, batch_size, seed, ctx, workers, train=True)
     workers = usable_workers(workers)
     return DataLoader(
         SeededAugmentation(dataset, seed),
@@ -124,17 +136,37 @@ class SeededAugmentation(Dataset):
 
     def __getitem__(self, key: tuple[int, int]):
         epoch, index = key
-        entropy = np.random.SeedSequence([self.seed, epoch, index], spawn_key=(1,))  # not the label masks'
-        with torch.random.fork_rng(devices=[]):  # the CPU generator only: CUDA's (dropout) is left alone
-            torch.default_generator.manual_seed(int(entropy.generate_state(1, np.uint64)[0]))
+        with augmentation_seed(self.seed, epoch, index):
             return self.dataset[index]
+
+
+@contextlib.contextmanager
+def augmentation_seed(seed: int, epoch: int, index: int) -> Iterator[None]:
+    """The global torch CPU generator seeded by (seed, epoch, image index) alone, restored on exit."""
+    entropy = np.random.SeedSequence([seed, epoch, index], spawn_key=(1,))  # not the label masks'
+    with torch.random.fork_rng(devices=[]):  # the CPU generator only: CUDA's (dropout) is left alone
+        torch.default_generator.manual_seed(int(entropy.generate_state(1, np.uint64)[0]))
+        yield
+
+
+def set_epoch(loader: DataLoader, epoch: int) -> None:
+    """Draw ``epoch``'s order: the batch sampler's (map-style datasets) or the shard stream's."""
+    (loader.batch_sampler or loader.dataset).set_epoch(epoch)
+
+
+def dataset_size(loader: DataLoader) -> int:
+    """The images a loader's dataset holds (a shard stream's own length counts its batches)."""
+    dataset = loader.dataset
+    return len(dataset.dataset if isinstance(dataset, ShardStream) else dataset)
 
 
 def eval_loader(
     dataset: LabeledImages, batch_size: int, ctx: DistContext | None = None, workers: int = 0
 ) -> DataLoader:
-    """In order, sharded across processes without padding."""
+    """In order, sharded across processes without padding (a packed split: by shard, ``ShardStream``)."""
     ctx = ctx or DistContext()
+    if getattr(dataset, "shards", None) is not None:
+        return shard_loader(dataset, batch_size, 0, ctx, workers, train=False)
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -142,3 +174,142 @@ def eval_loader(
         num_workers=usable_workers(workers),
         collate_fn=collate_samples,
     )
+
+
+def shard_loader(
+    dataset: LabeledImages, batch_size: int, seed: int, ctx: DistContext, workers: int, train: bool
+) -> DataLoader:
+    """A ``ShardStream`` of a packed split under a ``DataLoader`` (the workers read whole shards; at most as
+    many workers as each process has shards; they persist across epochs, as the folders' do)."""
+    count = len(dataset.shards)
+    if count < ctx.world_size:
+        raise CTranError(
+            f"{count} shard(s) cannot be split over {ctx.world_size} processes; pack with a smaller "
+            "--shard-size (each process and loader worker reads whole shards)"
+        )
+    workers = min(usable_workers(workers), count // ctx.world_size)
+    stream = ShardStream(dataset, batch_size, seed, ctx.rank, ctx.world_size, workers, train)
+    return DataLoader(
+        stream,
+        batch_size=None,  # the stream yields collated batches
+        num_workers=workers,
+        collate_fn=_as_is,
+        pin_memory=ctx.device.type == "cuda",
+        persistent_workers=workers > 0,
+    )
+
+
+def _as_is(batch: Sample | None) -> Sample | None:
+    return batch
+
+
+class ShardStream(IterableDataset):
+    """One process's batches of a packed split: its shards, read by its loader workers.
+
+    Shard i of an order goes to process i mod N, and a process's j-th shard to worker j mod W. Training:
+    the order is drawn from (seed, epoch); each worker's samples pass a shuffle buffer of ``dataset.buffer``
+    samples (WebDataset's, seeded by seed, epoch, rank and worker) and every image's augmentation is seeded
+    by (seed, epoch, index) as for a folder. An epoch is a number of samples: every process yields
+    ceil(size / (N * B)) full batches whatever its shards hold, so the processes stay in step; a worker whose
+    shards run out first reads them again, unreadable images are skipped (``on_bad_image``) and replaced by
+    the next ones. With shards of one size, as many as a multiple of N * W, each sample is read once per
+    epoch. The same seed, world size and workers give the same epochs, so a resumed run (which restarts at
+    the epoch boundary) reads what the stopped one would have. Evaluation: the manifest's order, every
+    sample once, each worker's last batch short.
+    """
+
+    def __init__(
+        self,
+        dataset: LabeledImages,
+        batch_size: int,
+        seed: int,
+        rank: int,
+        world_size: int,
+        workers: int,
+        train: bool,
+    ) -> None:
+        self.dataset, self.batch_size, self.seed, self.train = dataset, batch_size, seed, train
+        self.rank, self.world_size, self.workers = rank, world_size, max(1, workers)
+        self._epoch = torch.zeros((), dtype=torch.long).share_memory_()  # seen by persistent workers too
+
+    def __getattr__(self, name: str) -> object:
+        """The dataset's attributes (label names, groups), as a map-style loader's ``dataset`` has them."""
+        if name in {"dataset", "_epoch"}:  # not set yet (unpickling in a loader worker)
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw ``epoch``'s order; the loader's persistent workers read it from shared memory."""
+        self._epoch.fill_(epoch)
+
+    def shards_of(self, worker: int, epoch: int) -> list[Shard]:
+        """The shards ``worker`` of this process reads in ``epoch``, in reading order."""
+        shards = self.dataset.shards
+        if self.train:
+            order = np.random.default_rng([self.seed, epoch]).permutation(len(shards))
+        else:
+            order = np.arange(len(shards))
+        return [shards[i] for i in order[self.rank :: self.world_size][worker :: self.workers]]
+
+    def __len__(self) -> int:
+        """Batches per epoch: the same on every process when training."""
+        if self.train:
+            return math.ceil(len(self.dataset) / (self.batch_size * self.world_size))
+        per_worker = (sum(shard.samples for shard in self.shards_of(w, 0)) for w in range(self.workers))
+        return sum(math.ceil(count / self.batch_size) for count in per_worker)
+
+    def __iter__(self) -> Iterator[Sample | None]:
+        info = get_worker_info()
+        worker, epoch = info.id if info is not None else 0, self.epoch
+        shards = self.shards_of(worker, epoch)
+        if not self.train:
+            records = (record for shard in shards for record in read_records(shard))
+            yield from _batches((self.dataset[record] for record in records), self.batch_size)
+            return
+        steps = len(range(worker, len(self), self.workers))
+        samples = self._training_samples(shards, worker, epoch)
+        yield from itertools.islice(_batches(samples, self.batch_size), steps)
+
+    def _training_samples(self, shards: list[Shard], worker: int, epoch: int) -> Iterator[Sample]:
+        """Readable, augmented samples of ``shards`` through the shuffle buffer, round and round."""
+        from webdataset import shuffle
+
+        state = np.random.SeedSequence([self.seed, epoch, self.rank, worker]).generate_state(1)
+        rng = random.Random(int(state[0]))
+        passes = (shuffle(self.dataset.buffer, rng=rng)(_one_pass(shards)) for _ in itertools.count())
+        records = itertools.chain.from_iterable(passes)  # the buffer never mixes two passes
+        unreadable, limit = 0, sum(shard.samples for shard in shards)
+        if not limit:  # nothing to go round (never with ctran data pack's shards)
+            raise CTranError(f"no samples in the shards {', '.join(s.url for s in shards) or '(none)'}")
+        for record in records:
+            with augmentation_seed(self.seed, epoch, record.index):
+                sample = self.dataset[record]
+            if sample is not None:
+                unreadable = 0
+                yield sample
+                continue
+            unreadable += 1
+            if unreadable > limit:
+                raise CTranError(f"no readable image in the shards {', '.join(s.url for s in shards)}")
+
+
+def _one_pass(shards: list[Shard]) -> Iterator:
+    """The records of ``shards`` in turn."""
+    for shard in shards:
+        yield from read_records(shard)
+
+
+def _batches(samples: Iterable[Sample | None], size: int) -> Iterator[Sample | None]:
+    """Collated batches of ``size`` samples, the last one short (None: every image of it was unreadable)."""
+    batch: list[Sample | None] = []
+    for sample in samples:
+        batch.append(sample)
+        if len(batch) == size:
+            yield collate_samples(batch)
+            batch = []
+    if batch:
+        yield collate_samples(batch)

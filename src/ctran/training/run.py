@@ -27,7 +27,13 @@ from ctran.model import backbone_normalization, build_from_config, resolve_batch
 from ctran.model.backbone import describe_weights, file_sha256, pretrained_weights
 from ctran.normalization import Normalization, as_normalization
 from ctran.report import write_json
-from ctran.training.distributed import DistContext, barrier, init_distributed, shutdown_distributed
+from ctran.training.distributed import (
+    DistContext,
+    barrier,
+    init_distributed,
+    main_first,
+    shutdown_distributed,
+)
 from ctran.training.evaluation import evaluate, standard_settings
 from ctran.training.loaders import eval_loader
 from ctran.training.trainer import Trainer
@@ -163,7 +169,8 @@ def train_run(config: Config, out_dir: str | Path, resume: bool = False, progres
     try:
         if ctx.is_main:
             print_batch(config, ctx)
-        datasets = build_datasets(config)
+        with main_first(ctx):  # rank 0 builds the readers' caches, the others then load them
+            datasets = build_datasets(config)
         labels = model_labels(config, datasets["train"])
         num_labels = len(labels)
         torch.manual_seed(config.seed)  # the same initial weights on every process and every run

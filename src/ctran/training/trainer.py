@@ -58,7 +58,7 @@ from ctran.training.distributed import (
 )
 from ctran.training.evaluation import EvalScores, Setting, collect_scores
 from ctran.training.label_mask import kept_labels, sample_training_states, scored_mask, shown_images
-from ctran.training.loaders import eval_loader, train_loader
+from ctran.training.loaders import eval_loader, set_epoch, train_loader
 from ctran.training.losses import asl_terms, bce_terms
 from ctran.training.optim import build_optimizer, build_scheduler, continue_schedule, freeze_backbone
 from ctran.training.precision import autocast, resolve_precision
@@ -167,7 +167,7 @@ class Trainer:
         self.net.train()
         for module in self.frozen:
             module.eval()
-        self.train_loader.batch_sampler.set_epoch(self.epoch)
+        set_epoch(self.train_loader, self.epoch)
         self.skipped_steps = 0
         total, images_seen, tick = torch.zeros(2), 0, time.perf_counter()
         bar = tqdm(
