@@ -73,6 +73,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    require("serve", "ctran annotate")
     from ctran.annotation.library import Library
     from ctran.inference import load
     from ctran.serving.library_app import create_library_app
@@ -81,7 +82,6 @@ def _serve(args: argparse.Namespace) -> int:
 
     if args.checkpoint is None:
         raise CTranError("serving a library needs --checkpoint CK (the model that predicts its labels)")
-    require("serve", "ctran annotate")
     check_port(args.port)
     predictor = load(args.checkpoint, args.device)
     library = Library(args.library, args.db)
