@@ -323,7 +323,7 @@ def test_the_page_is_self_contained_and_loopback_only(library: Library, predicto
         page = client.get("/")
         assert page.status_code == 200 and "default-src 'self'" in page.headers["content-security-policy"]
         assets = re.findall(r'(?:href|src)="(/static/[^"]+)"', page.text)
-        assert sorted(assets) == ["/static/library.js", "/static/style.css"]
+        assert sorted(assets) == ["/static/common.js", "/static/library.js", "/static/style.css"]
         for text in [page.text] + [client.get(asset).text for asset in assets]:
             assert not re.search(r"https?://|//[a-z0-9.-]+\.[a-z]{2,}/|@import", text, re.IGNORECASE)
         assert "skip the question" in page.text and "<kbd>u</kbd> undo" in page.text

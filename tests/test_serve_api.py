@@ -143,7 +143,7 @@ def test_page_and_its_assets_are_self_contained(client: TestClient) -> None:
     assert "default-src 'self'" in page.headers["content-security-policy"]
     assert client.head("/").status_code == 200
     assets = re.findall(r'(?:href|src)="(/static/[^"]+)"', page.text)
-    assert sorted(assets) == ["/static/app.js", "/static/style.css"]
+    assert sorted(assets) == ["/static/app.js", "/static/common.js", "/static/style.css"]
     for text in [page.text] + [client.get(asset).text for asset in assets]:
         assert not re.search(r"https?://|//[a-z0-9.-]+\.[a-z]{2,}/|@import|fonts\.", text, re.IGNORECASE)
 

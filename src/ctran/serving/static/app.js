@@ -14,7 +14,6 @@ const STATES = [
   { value: "no", text: "No", title: "absent" },
 ];
 
-const el = (id) => document.getElementById(id);
 const page = {
   labels: null, // {targets, extras, thresholds}
   image: null, // {id, name, width, height, src}
@@ -34,28 +33,6 @@ let heatmapUrl = null;
 let askSequence = 0; // the same for suggestions
 
 // ------------------------------------------------------------------------------------------ helpers
-async function api(path, options = {}) {
-  const response = await fetch(path, options);
-  const type = response.headers.get("content-type") || "";
-  const body = type.includes("application/json") ? await response.json() : null;
-  if (!response.ok) {
-    const error = new Error((body && body.error) || `${response.status} ${response.statusText}`);
-    error.status = response.status;
-    throw error;
-  }
-  return body;
-}
-
-function say(message, isError = false) {
-  const status = el("status");
-  status.textContent = message;
-  status.classList.toggle("error", isError);
-}
-
-function percent(p) {
-  return p >= 0.995 ? "100%" : p < 0.005 ? "0%" : `${(100 * p).toFixed(p < 0.1 || p > 0.9 ? 1 : 0)}%`;
-}
-
 function imageUrl(path) {
   return `/api/images/${encodeURIComponent(page.image.id)}${path}`;
 }

@@ -16,7 +16,6 @@ const STATES = [
   { value: "no", text: "No", title: "absent" },
 ];
 
-const el = (id) => document.getElementById(id);
 const page = {
   labels: [], // [{name, kind, trained, threshold}]
   view: null, // the image shown (the API's ImageView)
@@ -34,30 +33,8 @@ let nextSequence = 0;
 let openSequence = 0;
 
 // ------------------------------------------------------------------------------------------ helpers
-async function api(path, options = {}) {
-  const response = await fetch(path, options);
-  const type = response.headers.get("content-type") || "";
-  const body = type.includes("application/json") ? await response.json() : null;
-  if (!response.ok) {
-    const error = new Error((body && body.error) || `${response.status} ${response.statusText}`);
-    error.status = response.status;
-    throw error;
-  }
-  return body;
-}
-
 function post(path, body) {
   return api(path, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
-}
-
-function say(message, isError = false) {
-  const status = el("status");
-  status.textContent = message;
-  status.classList.toggle("error", isError);
-}
-
-function percent(p) {
-  return p >= 0.995 ? "100%" : p < 0.005 ? "0%" : `${(100 * p).toFixed(p < 0.1 || p > 0.9 ? 1 : 0)}%`;
 }
 
 function annotator() {
