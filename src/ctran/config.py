@@ -115,6 +115,7 @@ class DataConfig:
     image_size: PositiveInt = 576
     scale_size: Annotated[int | None, POSITIVE] = 640  # None: plain resize to image_size (no crops)
     crop_sizes: list[PositiveInt] = field(default_factory=lambda: [640, 576, 512, 384, 320])
+    flip: bool = True  # random horizontal flips in training (off where a mirror changes the meaning)
     train_split: str | None = None  # None: the dataset's default for each role
     val_split: str | None = None
     test_split: str | None = None

@@ -76,6 +76,7 @@ def _read_splits(config: Config) -> dict[str, LabeledImages]:
         image_size=data.image_size,
         scale_size=data.scale_size,
         crop_sizes=tuple(data.crop_sizes),
+        flip=data.flip,
         val_fraction=data.val_fraction,
         on_bad_image=data.on_bad_image,
         splits={role: name for role, name in splits.items() if name},
