@@ -158,6 +158,7 @@ def test_unanswered_labels_are_unknown_for_training_and_out_of_the_loss(
     summary = export_answers(library, tmp_path / "export", checkpoint=checkpoint)
     config = load_config(summary.config)
     assert config.model.init_from == str(checkpoint.resolve()) and config.data.format == "csv"
+    assert config.train.backbone_lr_mult == pytest.approx(0.1)  # a fine-tune: the backbone learns slowly
     train = build_datasets(config)["train"]
     truth = torch.from_numpy(train.target_table.dense()).long()  # (N, T)
     images = [(summary.folder / f).resolve().relative_to(library.root).as_posix() for f in train.files]
@@ -176,6 +177,7 @@ def test_the_validation_images_stay_validation_images_as_the_library_grows(
     first = export_answers(library, tmp_path / "a", val_fraction=0.3)
     before = tabular.load(tmp_path / "a", "val").files.tolist()
     added = _images(library.root, 40, start=40)
+    library.rescan()
     library.store.answers([(name, "cat", True) for name in added], "ann")
     second = export_answers(library, tmp_path / "b", val_fraction=0.3)
     after = {Path(f).name for f in tabular.load(tmp_path / "b", "val").files}
@@ -184,6 +186,14 @@ def test_the_validation_images_stay_validation_images_as_the_library_grows(
         tabular.load(tmp_path / "b", "test").files.tolist()
         == tabular.load(tmp_path / "b", "val").files.tolist()
     )
+
+
+def test_an_answered_image_gone_from_the_folder_is_left_out(library: Library, tmp_path: Path) -> None:
+    (library.root / "img039.png").unlink()
+    library.rescan()
+    summary = export_answers(library, tmp_path / "export")
+    assert summary.missing == ["img039.png"] and summary.train + summary.val == 39
+    assert "img039.png" not in (tmp_path / "export" / "train.csv").read_text()
 
 
 def test_export_refuses_what_it_cannot_write(library: Library, tmp_path: Path) -> None:
