@@ -230,6 +230,9 @@ def test_thresholds_are_recalibrated_only_where_the_validation_answers_can(check
     merged, sources = merged_thresholds(old, new, {"cat": enough, "dog": enough - 1, "zebra": 1})
     assert merged == [0.4, 0.8, 0.6, 0.2]  # dog and car kept (by name), cat recalibrated, zebra new
     assert sources == {"dog": "kept", "cat": "recalibrated", "car": "kept", "zebra": "new"}
+    uncalibrated = {**old, "thresholds": None}  # nothing to keep: the run's own, however few the answers
+    merged, sources = merged_thresholds(uncalibrated, new, {})
+    assert merged == new["thresholds"] and set(sources.values()) == {"recalibrated", "new"}
 
 
 def test_retrain_keeps_the_old_labels_weights_and_adds_the_new_label(

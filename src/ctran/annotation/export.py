@@ -63,13 +63,12 @@ class Vocabulary:
 
 @dataclass
 class ExportSummary:
-    """What an export wrote: image counts per split, answers, and the yes answers per target label."""
+    """What an export wrote: image counts per split, answers, and the validation split's yes answers."""
 
     folder: Path
     train: int
     val: int
     answers: int
-    positives: dict[str, int]  # target label -> yes answers (every split)
     val_positives: dict[str, int]  # target label -> yes answers on the validation images
     missing: list[str] = field(default_factory=list)  # answered images no longer in the folder: left out
     config: Path | None = None  # ctran.yaml, when written
@@ -138,11 +137,7 @@ def export_answers(
             f"{library.root}: {len(images)} answered image(s); training needs at least two (one to "
             "learn from, one to validate on)"
         )
-    val = [image for image in images if in_validation(image, val_fraction)]
-    if not val or len(val) == len(images):  # a tiny library: still one image on each side
-        val = [min(images, key=lambda image: hashlib.sha256(image.encode()).digest())]
-    val_set = set(val)
-    train = [image for image in images if image not in val_set]
+    train, val = split_images(images, val_fraction)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     extras = set(vocab.extras)
@@ -152,31 +147,33 @@ def export_answers(
         where = str(path) if absolute else os.path.relpath(path, out.resolve())
         labels = [n if v else f"-{n}" for n, v in states[image].items() if n not in extras]
         extra = [n if v else f"-{n}" for n, v in states[image].items() if n in extras]
-        rows["val" if image in val_set else "train"].append((Path(where).as_posix(), labels, extra))
+        rows["train" if image in train else "val"].append((Path(where).as_posix(), labels, extra))
     writer = _csv if format == "csv" else _jsonl
     for split, split_rows in (("train", rows["train"]), ("val", rows["val"]), ("test", rows["val"])):
         atomic_write_bytes(out / f"{split}.{format}", writer(split_rows))
     atomic_write_bytes(out / "labels.txt", "".join(f"{n}\n" for n in vocab.targets).encode())
     if vocab.extras:
         atomic_write_bytes(out / "extras.txt", "".join(f"{n}\n" for n in vocab.extras).encode())
+    else:
+        (out / "extras.txt").unlink(missing_ok=True)  # an earlier export's would name stale labels
     config = None
     if payload is not None:
         recipe = training_config(payload, checkpoint, out, format, overrides)
         config = write_config(recipe, out / CONFIG_FILE)
+    else:
+        (out / CONFIG_FILE).unlink(missing_ok=True)
+    val_positives = {n: sum(bool(states[image].get(n)) for image in val) for n in vocab.targets}
+    answers = sum(len(states[image]) for image in images)
+    return ExportSummary(out, len(train), len(val), answers, val_positives, missing, config)
 
-    def yes_count(subset: Sequence[str]) -> dict[str, int]:
-        return {n: sum(bool(states[i].get(n)) for i in subset) for n in vocab.targets}
 
-    return ExportSummary(
-        out,
-        len(train),
-        len(val),
-        sum(len(states[image]) for image in images),
-        yes_count(images),
-        yes_count(val),
-        missing,
-        config,
-    )
+def split_images(images: Sequence[str], fraction: float) -> tuple[set[str], list[str]]:
+    """(training images, validation images) by ``in_validation``; a library so small that the hash puts
+    every image on one side still gets one validation image (the smallest hash) and trains on the rest."""
+    val = [image for image in images if in_validation(image, fraction)]
+    if not val or len(val) == len(images):
+        val = [min(images, key=lambda image: hashlib.sha256(image.encode()).digest())]
+    return set(images) - set(val), val
 
 
 def _csv(rows: list[tuple[str, list[str], list[str]]]) -> bytes:

@@ -72,6 +72,7 @@ def retrain(
     checkpoint = checkpoint or library.store.current_checkpoint()
     if checkpoint is None:
         raise CTranError(f"{library.root} has no checkpoint yet: name the one to start from (--checkpoint)")
+    checkpoint = Path(checkpoint).resolve()
     state = _new_state_folder(library)
     notify({"stage": "export", "folder": str(state)})
     items = [*QUICK_EVALUATION, *([f"train.epochs={epochs}"] if epochs else []), *overrides]
@@ -117,12 +118,15 @@ def merged_thresholds(old: dict, new: dict, val_positives: dict[str, int]) -> tu
     ``MIN_CALIBRATION_POSITIVES`` yes answers of it, else the old checkpoint's (an old label), else the
     run's own (a new label); and which of the three each label got."""
     fresh = new.get("thresholds") or [0.5] * len(new["target_names"])
-    before = dict(zip(old["target_names"], old.get("thresholds") or [], strict=False))
+    before = dict(zip(old["target_names"], old.get("thresholds") or [], strict=False))  # {} if it had none
     merged, sources = [], {}
     for name, value in zip(new["target_names"], fresh, strict=True):
-        if val_positives.get(name, 0) >= MIN_CALIBRATION_POSITIVES or name not in before:
+        if name not in old["target_names"]:
             merged.append(float(value))
-            sources[name] = "recalibrated" if name in before else "new"
+            sources[name] = "new"
+        elif val_positives.get(name, 0) >= MIN_CALIBRATION_POSITIVES or name not in before:
+            merged.append(float(value))
+            sources[name] = "recalibrated"
         else:
             merged.append(float(before[name]))
             sources[name] = "kept"

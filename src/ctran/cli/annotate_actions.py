@@ -106,8 +106,9 @@ def register_retrain(commands: argparse._SubParsersAction) -> None:
         "retrain",
         help="fine-tune the library's model on its answers and make the result its model",
         description="Export the answers into DIR/.ctran/retrain/N, fine-tune the checkpoint on them with "
-        "its own recipe (labels matched by name: old labels keep their weights, labels added in the "
-        "library start fresh; a label not answered on an image is never in the loss), keep the old "
+        "its own recipe, the backbone at a tenth of its learning rate (labels matched by name: old labels "
+        "keep their weights, labels added in the library start fresh; a label not answered on an image is "
+        "never in the loss), keep the old "
         "thresholds where the validation answers are too few to recalibrate them, write the checkpoint "
         "atomically and record it as the library's current model.",
         epilog="example:\n  ctran annotate retrain photos --checkpoint runs/demo/ctran.pt --epochs 5",
