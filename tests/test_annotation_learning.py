@@ -217,6 +217,7 @@ def test_sidecars_gain_the_yes_answers_and_keep_every_user_tag(library: Library)
     again = write_sidecars(library, "txt")
     assert again.files_written == 0 and again.tags_added == 0  # idempotent
     assert write_sidecars(library, "xmp").files_written > 0
+    assert _cli(register_export, "export", str(library.root), "--sidecars", "txt") == 0  # no --out needed
     assert b"zebra" in (library.root / "img000.png.xmp").read_bytes()
 
 

@@ -159,7 +159,7 @@ def run_export(args: argparse.Namespace) -> int:
             else:
                 print(
                     f"train: ctran train --config CONFIG --data {args.format} --data-root {args.out} "
-                    "--init-from CHECKPOINT data.options={unlisted: unknown} --out RUN"
+                    "--init-from CHECKPOINT 'data.options={unlisted: unknown}' --out RUN"
                 )
         if args.sidecars is not None:
             written = write_sidecars(library, args.sidecars, args.separator)
