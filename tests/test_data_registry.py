@@ -143,3 +143,21 @@ def test_partial_label_evaluation_on_voc_with_unannotated_entries(tmp_path: Path
     # int(0.5 * A) of each image's A annotated labels revealed: image 0 has 19 (the table is not), so 9 of
     # them are revealed and 10 scored; the others have all 20, 10 revealed
     assert scored.sum(dim=1).tolist() == [10, 10, 10]
+
+
+@pytest.mark.parametrize("flip", [True, False])
+def test_data_flip_switches_the_training_flip_through_the_config(tmp_path: Path, flip: bool) -> None:
+    """``data.flip=false`` (digits, text: a mirror changes what they are) trains on unmirrored images."""
+    from torchvision.transforms import v2
+
+    from ctran.config import load_config
+    from ctran.training.run import build_datasets
+
+    make_voc(tmp_path)
+    overrides = ["data.format=voc", f"data.root={tmp_path}", "data.image_size=32", f"data.flip={flip}"]
+    splits = build_datasets(load_config(None, overrides))
+
+    def flips(dataset) -> bool:
+        return any(isinstance(step, v2.RandomHorizontalFlip) for step in dataset.transform.transforms)
+
+    assert flips(splits["train"]) == flip and not flips(splits["val"]) and not flips(splits["test"])

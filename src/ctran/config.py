@@ -11,6 +11,7 @@ and checkpoint, so a run can be rebuilt from its outputs alone.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import math
@@ -114,6 +115,7 @@ class DataConfig:
     image_size: PositiveInt = 576
     scale_size: Annotated[int | None, POSITIVE] = 640  # None: plain resize to image_size (no crops)
     crop_sizes: list[PositiveInt] = field(default_factory=lambda: [640, 576, 512, 384, 320])
+    flip: bool = True  # random horizontal flips in training (off where a mirror changes the meaning)
     train_split: str | None = None  # None: the dataset's default for each role
     val_split: str | None = None
     test_split: str | None = None
@@ -244,13 +246,16 @@ def load_config(
             raise CTranError(f"{path}: invalid YAML: {err}") from err
         if not isinstance(data, dict):
             raise CTranError(f"{path}: expected a mapping of sections (model, data, train, eval, seed)")
-    for item in overrides:
-        _apply_override(data, item)
-    return config_from_dict(data)
+    return config_from_dict(data, overrides)
 
 
-def config_from_dict(data: dict) -> Config:
-    """Build and validate a ``Config`` from nested plain data (as read from YAML or a checkpoint)."""
+def config_from_dict(data: dict, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Build and validate a ``Config`` from nested plain data (as read from YAML or a checkpoint), with
+    ``section.key=value`` overrides applied to it (``data`` itself is left as it was)."""
+    if overrides:
+        data = copy.deepcopy(data)
+        for item in overrides:
+            _apply_override(data, item)
     config = _build(Config, data, "")
     _check_together(config)
     return config

@@ -46,6 +46,12 @@ CREATE TABLE IF NOT EXISTS imports (
     versions TEXT NOT NULL  -- {tag file: sha256 or null} as last imported
 );
 CREATE INDEX IF NOT EXISTS answers_by_annotator ON answers (annotator, id);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,  -- the last row is the library's current model
+    path TEXT NOT NULL,
+    time REAL NOT NULL,
+    info TEXT NOT NULL  -- JSON: what it was trained from (parent checkpoint, answers, labels, metrics)
+);
 """
 
 
@@ -104,6 +110,31 @@ class AnswerStore:
         with self._lock:
             rows = self._db.execute(query + " ORDER BY rowid", args).fetchall()
         return [(name, k, bool(trained)) for name, k, trained in rows]
+
+    # ------------------------------------------------------------------------------------- checkpoints
+    def record_checkpoint(
+        self, path: str | Path, trained: Iterable[str] = (), info: dict | None = None
+    ) -> None:
+        """Make ``path`` the library's current model, and mark the labels it was trained on as trained (a
+        label added in the library stops showing "not trained yet"), in one transaction."""
+        with self._lock, transaction(self._db):
+            self._db.execute(
+                "INSERT INTO checkpoints (path, time, info) VALUES (?, ?, ?)",
+                (str(path), time.time(), json.dumps(info or {})),
+            )
+            self._db.executemany("UPDATE labels SET trained = 1 WHERE name = ?", [(n,) for n in trained])
+
+    def current_checkpoint(self) -> str | None:
+        """The checkpoint the last retrain wrote (None: the library was never retrained)."""
+        with self._lock:
+            row = self._db.execute("SELECT path FROM checkpoints ORDER BY id DESC LIMIT 1").fetchone()
+        return None if row is None else row[0]
+
+    def checkpoints(self) -> list[tuple[str, float, dict]]:
+        """(path, time, info) of every checkpoint the library was retrained into, oldest first."""
+        with self._lock:
+            rows = self._db.execute("SELECT path, time, info FROM checkpoints ORDER BY id").fetchall()
+        return [(path, when, json.loads(info)) for path, when, info in rows]
 
     # ----------------------------------------------------------------------------------------- answers
     def answer(

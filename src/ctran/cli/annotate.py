@@ -1,8 +1,9 @@
 """``ctran annotate``: annotate a library (a folder of images) with the model in the loop; every answer kept.
 
 The command is ``ctran annotate [ACTION] DIR``: ``serve`` (the default, so ``ctran annotate DIR`` opens the
-page) and, as they come, further actions on the same library. Each action's options have their own group
-in ``--help``; options that belong to no action (``--db``) apply to all.
+page), ``export`` (the answers as a training set, or into the sidecars) and ``retrain`` (fine-tune the
+library's model on its answers). Each action's options have their own group in ``--help``; ``--db`` and
+``--checkpoint`` apply to all.
 """
 
 from __future__ import annotations
@@ -11,6 +12,13 @@ import argparse
 import sys
 from pathlib import Path
 
+from ctran.cli.annotate_actions import (
+    add_export_options,
+    add_retrain_options,
+    add_shared_options,
+    run_export,
+    run_retrain,
+)
 from ctran.cli.args import THRESHOLD_DEFAULT, positive
 from ctran.cli.serve import add_server_options, add_suggest_options, candidates, check_port, listen
 from ctran.errors import CTranError
@@ -29,7 +37,13 @@ def register(commands: argparse._SubParsersAction) -> None:
         "conditioned on its answers, 'Ask next' picks the most useful question, the image list shows "
         "progress and filters, and 'next image' can go to the image the model is least sure about. Answers "
         "are stored as they are given: a crash loses at most the one in flight. Several people can annotate "
-        "at once; the last answer on a label wins and the history keeps every one.",
+        "at once; the last answer on a label wins and the history keeps every one. 'export' writes the "
+        "answers as a training set (or into the captions/XMP sidecars); 'retrain' fine-tunes the library's "
+        "model on them and makes the result the model it opens with.",
+        epilog="examples:\n  ctran annotate photos --checkpoint runs/demo/ctran.pt\n"
+        "  ctran annotate retrain photos --epochs 3\n  ctran annotate export photos --out data/photos\n"
+        "  ctran annotate export photos --sidecars txt",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
         "action",
@@ -37,14 +51,19 @@ def register(commands: argparse._SubParsersAction) -> None:
         default="serve",
         choices=ACTIONS,
         metavar="ACTION",
-        help="serve (default): the annotation page",
+        help="serve (default): the annotation page; export: the answers as a dataset; retrain: learn "
+        "from them",
     )
     p.add_argument("library", type=Path, metavar="DIR", help="the library: a folder of images")
     p.add_argument(
         "--db", type=Path, default=None, help="the answer store (default: DIR/.ctran/library.sqlite)"
     )
+    p.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="a ctran checkpoint (.pt); default: the library's current model (its last retrain's)",
+    )
     serve = p.add_argument_group("serve")
-    serve.add_argument("--checkpoint", type=Path, help="a ctran checkpoint (.pt); required")
     serve.add_argument(
         "--read",
         action="append",
@@ -65,7 +84,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     add_suggest_options(serve)
     serve.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     add_server_options(serve)
-    p.set_defaults(run=_run)
+    both = p.add_argument_group("export and retrain")
+    add_shared_options(both)
+    add_export_options(p.add_argument_group("export"))
+    add_retrain_options(p.add_argument_group("retrain"))
+    p.set_defaults(run=_run, overrides=[])  # KEY=VALUE after DIR: config overrides of export / retrain
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -80,12 +103,16 @@ def _serve(args: argparse.Namespace) -> int:
     from ctran.serving.security import LOOPBACK_HOSTS
     from ctran.serving.server import is_loopback
 
-    if args.checkpoint is None:
-        raise CTranError("serving a library needs --checkpoint CK (the model that predicts its labels)")
     check_port(args.port)
-    predictor = load(args.checkpoint, args.device)
     library = Library(args.library, args.db)
     try:
+        checkpoint = args.checkpoint or library.store.current_checkpoint()
+        if checkpoint is None:
+            raise CTranError(
+                "serving a library needs --checkpoint CK (the model that predicts its labels); after a "
+                "retrain the library remembers its model"
+            )
+        predictor = load(checkpoint, args.device)
         app = create_library_app(  # registers the checkpoint's labels, which the imported tags are matched to
             library,
             predictor,
@@ -107,7 +134,7 @@ def _serve(args: argparse.Namespace) -> int:
             "images": len(library.images),
             "imported": imported,
             "unreadable_tag_files": len(problems),
-            "checkpoint": str(args.checkpoint),
+            "checkpoint": str(checkpoint),
             "targets": len(predictor.target_names),
             "extras": len(predictor.extra_names),
         }
@@ -116,7 +143,7 @@ def _serve(args: argparse.Namespace) -> int:
             "answers": library.store.path,
             "imported": f"{imported} answers from existing tags"
             + (f", {len(problems)} files unreadable" if problems else ""),
-            "checkpoint": args.checkpoint,
+            "checkpoint": checkpoint,
             "labels": f"{info['targets']} targets, {info['extras']} extra",
         }
         return listen(app, args, "annotate", rows, info)
@@ -124,4 +151,4 @@ def _serve(args: argparse.Namespace) -> int:
         library.close()
 
 
-ACTIONS = {"serve": _serve}
+ACTIONS = {"serve": _serve, "export": run_export, "retrain": run_retrain}

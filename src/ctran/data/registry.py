@@ -130,13 +130,15 @@ def build_dataset(
     seed: int = 0,
     on_bad_image: str = "skip",
     norm: Normalization = IMAGENET,
+    flip: bool = True,
     **options,
 ) -> LabeledImages:
     """One publisher split, with the paper's train (``train=True``) or test transform at ``image_size``.
 
     ``scale_size`` is the resize before cropping (None: resize straight to ``image_size``), ``crop_sizes``
     the random crops of training; ``seed`` only matters for ``digits`` (scene generation); ``norm`` is the
-    backbone's input normalisation; ``options`` are the format's own (``REGISTRY[format].options``).
+    backbone's input normalisation; ``flip`` the random horizontal flip of training (off for images a mirror
+    changes: text, digits); ``options`` are the format's own (``REGISTRY[format].options``).
     """
     spec = get_format(format)
     unknown = sorted(set(options) - set(spec.options))
@@ -147,7 +149,7 @@ def build_dataset(
         raise CTranError(f"{format} has no split {split!r}; its splits are {', '.join(spec.splits)}")
     if format == "digits":
         options.update(seed=seed, norm=norm)
-    transform = _transform(train, image_size, scale_size, crop_sizes, norm)
+    transform = _transform(train, image_size, scale_size, crop_sizes, norm, flip)
     dataset = spec.load(root, split, transform=transform, on_bad_image=on_bad_image, **options)
     if hasattr(dataset, "decode_side"):  # large JPEGs decode at a reduced size (transforms.load_image)
         dataset.decode_side = decode_side(image_size, scale_size)
@@ -166,6 +168,7 @@ def load_splits(
     on_bad_image: str = "skip",
     splits: dict[str, str] | None = None,
     norm: Normalization = IMAGENET,
+    flip: bool = True,
     **options,
 ) -> dict[str, LabeledImages]:
     """``{"train", "val", "test"}``: the publisher's splits; ``val`` held out of training if there is none.
@@ -188,12 +191,12 @@ def load_splits(
     }
     test = build_dataset(format, root, roles["test"], **common, **options)
     if has_val:
-        train = build_dataset(format, root, roles["train"], train=True, **common, **options)
+        train = build_dataset(format, root, roles["train"], train=True, flip=flip, **common, **options)
         val = build_dataset(format, root, roles["val"], **common, **options)
         return {"train": train, "val": val, "test": test}
     if not 0.0 < val_fraction < 1.0:
         raise CTranError(f"val_fraction must be in (0, 1), got {val_fraction}")
-    full = build_dataset(format, root, roles["train"], train=True, **common, **options)
+    full = build_dataset(format, root, roles["train"], train=True, flip=flip, **common, **options)
     train_rows, val_rows = held_out(len(full), val_fraction, seed)
     return {
         "train": full.subset(train_rows),
@@ -230,8 +233,13 @@ def _has_split(format: str, root: str | Path | None, split: str, options: dict) 
 
 
 def _transform(
-    train: bool, image_size: int, scale_size: int | None, crop_sizes: Sequence[int], norm: Normalization
+    train: bool,
+    image_size: int,
+    scale_size: int | None,
+    crop_sizes: Sequence[int],
+    norm: Normalization,
+    flip: bool = True,
 ):
     if train:
-        return train_transform(image_size, scale_size or image_size, tuple(crop_sizes), norm=norm)
+        return train_transform(image_size, scale_size or image_size, tuple(crop_sizes), flip, norm)
     return eval_transform(image_size, scale_size, norm)

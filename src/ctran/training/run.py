@@ -12,6 +12,7 @@ import copy
 import dataclasses
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -81,6 +82,7 @@ def _read_splits(config: Config) -> dict[str, LabeledImages]:
         image_size=data.image_size,
         scale_size=data.scale_size,
         crop_sizes=tuple(data.crop_sizes),
+        flip=data.flip,
         val_fraction=data.val_fraction,
         on_bad_image=data.on_bad_image,
         splits={role: name for role, name in splits.items() if name},
@@ -157,8 +159,15 @@ def final_evaluation(
     return {**results["regular"], "setting": "regular", "settings": results}
 
 
-def train_run(config: Config, out_dir: str | Path, resume: bool = False, progress: bool = True) -> dict:
-    """Train, evaluate the best checkpoint on the test split, write the run folder; returns metrics."""
+def train_run(
+    config: Config,
+    out_dir: str | Path,
+    resume: bool = False,
+    progress: bool = True,
+    on_epoch: Callable[[dict], None] | None = None,
+) -> dict:
+    """Train, evaluate the best checkpoint on the test split, write the run folder; returns metrics.
+    ``on_epoch`` receives each epoch's metrics (see ``Trainer``)."""
     out_dir = Path(out_dir)
     config = copy.deepcopy(config)
     options = config.model  # the run's config and checkpoints record the mode "auto" resolved to
@@ -194,7 +203,16 @@ def train_run(config: Config, out_dir: str | Path, resume: bool = False, progres
         if ctx.is_main:
             print(f"initial weights: {describe_weights(meta['pretrained_weights'])}")
         trainer = Trainer(
-            model, datasets["train"], datasets["val"], config, ctx, out_dir, meta, progress, desc="train"
+            model,
+            datasets["train"],
+            datasets["val"],
+            config,
+            ctx,
+            out_dir,
+            meta,
+            progress,
+            desc="train",
+            on_epoch=on_epoch,
         )
         result = trainer.fit(resume=resume)
         metrics = final_evaluation(trainer.model, datasets["test"], config, ctx)

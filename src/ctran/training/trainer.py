@@ -32,6 +32,7 @@ import io
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -99,14 +100,18 @@ class Trainer:
         progress: bool = True,
         desc: str = "train",
         epoch_lines: bool = True,
+        on_epoch: Callable[[dict], None] | None = None,
     ) -> None:
-        """``progress``: tqdm bars; ``epoch_lines``: one printed line per epoch (both on rank 0 only)."""
+        """``progress``: tqdm bars; ``epoch_lines``: one printed line per epoch; ``on_epoch``: called with
+        each epoch's row of ``metrics.csv`` plus ``epochs`` and ``best_epoch`` (a server's progress bar).
+        All three on rank 0 only."""
         self.config, self.cfg = config, config.train
         self.ctx = ctx or DistContext(device=resolve_device(config.train.device))
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.meta = checkpoint_meta or {}
         self.progress, self.desc = progress and self.ctx.is_main, desc
         self.epoch_lines = epoch_lines and self.ctx.is_main
+        self.on_epoch = on_epoch if self.ctx.is_main else None
         self._tensorboard: type | None = None
         if self.out_dir is not None and self.ctx.is_main:
             self._tensorboard = _tensorboard_writer()
@@ -378,6 +383,8 @@ class Trainer:
             ema = f"  (EMA {row['val_mAP_ema']:.2f})" if "val_mAP_ema" in row else ""
             loss, val = row["train_loss"], row["val_mAP"]
             tqdm.write(f"{self.desc} epoch {self.epoch}: loss {loss:.4f}  val mAP {val:.2f}{ema}")
+        if self.on_epoch is not None:
+            self.on_epoch({**row, "epochs": self.cfg.epochs, "best_epoch": self.result.best_epoch})
 
     def _state(self, rng: list) -> dict:
         return {
