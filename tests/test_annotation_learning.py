@@ -6,6 +6,7 @@ model."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -277,3 +278,42 @@ def test_retrain_through_the_command_learns_the_new_label(library: Library, chec
 def test_retrain_needs_a_checkpoint(library: Library) -> None:
     with pytest.raises(CTranError, match="no checkpoint yet"):
         retrain(library)
+
+
+def test_the_pages_retrain_runs_in_the_background_and_swaps_the_served_model(
+    library: Library, checkpoint: Path
+) -> None:
+    """``POST /api/retrain``: annotating goes on while it runs; when done, the library is served by the new
+    model, which predicts the label added in the library (untrained before)."""
+    from fastapi.testclient import TestClient
+
+    from ctran.serving.library_app import create_library_app
+
+    app = create_library_app(library, ctran.load(checkpoint), checkpoint=str(checkpoint))
+    image = library.images[35]  # zebra never answered here
+    with TestClient(app, base_url="http://127.0.0.1:8000") as client:
+        assert client.get("/api/retrain").json()["state"] == "idle"
+        before = client.get("/api/image", params={"id": image}).json()
+        assert "zebra" in before["untrained"] and "zebra" not in before["predictions"]
+        started = client.post("/api/retrain", json={"epochs": 1})
+        assert started.status_code == 202 and started.json()["state"] == "running"
+        assert client.post("/api/retrain", json={"epochs": 0}).status_code == 422
+        answered = client.post(
+            "/api/answers", json={"image": image, "label": "dog", "value": True, "annotator": "ann"}
+        )
+        assert answered.status_code == 200  # the old model keeps serving meanwhile
+        deadline = time.monotonic() + 120
+        while client.get("/api/retrain").json()["state"] == "running" and time.monotonic() < deadline:
+            time.sleep(0.2)
+        status = client.get("/api/retrain").json()
+        assert status["state"] == "done", status
+        assert status["new_labels"] == ["zebra"]
+        after = client.get("/api/image", params={"id": image}).json()
+        assert "zebra" in after["predictions"] and after["untrained"] == []
+        assert after["known"]["dog"] is True
+        labels = {row["name"]: row for row in client.get("/api/labels").json()["labels"]}
+        assert labels["zebra"]["trained"] is True
+        assert app.state.service.checkpoint == status["checkpoint"]
+    reopened = Library(library.root)
+    assert str(reopened.store.current_checkpoint()) == status["checkpoint"]  # the library opens with it
+    reopened.close()

@@ -121,6 +121,7 @@ def _serve(args: argparse.Namespace) -> int:
             allowed_hosts=LOOPBACK_HOSTS if is_loopback(args.host) else None,
             suggest_method=args.suggest_method,
             suggest_candidates=candidates(args.suggest_candidates),
+            checkpoint=str(checkpoint),
         )
         reads = tuple(dict.fromkeys(r for r in args.read or ["txt"] if r != "none"))
         imported, problems = library.import_tags(reads) if reads else (0, [])

@@ -32,10 +32,11 @@ from fastapi.staticfiles import StaticFiles
 from ctran import __version__
 from ctran.annotation.library import Library
 from ctran.annotation.store import Answer
-from ctran.inference import Predictor
+from ctran.inference import Predictor, load
 from ctran.serving import library_schemas as schemas
 from ctran.serving.app import ERRORS, STATIC, add_error_handlers
 from ctran.serving.library_service import LibraryService, View
+from ctran.serving.retraining import Retrainer
 from ctran.serving.schemas import ErrorBody
 from ctran.serving.security import Guard
 
@@ -52,10 +53,16 @@ def create_library_app(
     allowed_hosts: Iterable[str] | None = None,
     suggest_method: str = "information",
     suggest_candidates: int | None = 16,
+    checkpoint: str | None = None,
 ) -> FastAPI:
     """The app; the background pass over the library runs while the app does (its lifespan).
-    ``allowed_hosts`` None accepts any ``Host`` header (``ctran annotate`` passes the loopback names)."""
-    service = LibraryService(library, predictor, cache_size, threshold, suggest_method, suggest_candidates)
+    ``allowed_hosts`` None accepts any ``Host`` header (``ctran annotate`` passes the loopback names).
+    ``checkpoint`` is the file ``predictor`` came from: the page's retrain starts from it (None: the
+    library's current model)."""
+    service = LibraryService(
+        library, predictor, cache_size, threshold, suggest_method, suggest_candidates, checkpoint
+    )
+    retrainer = Retrainer(service, lambda path: load(path, predictor.device, predictor.batch_size))
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -86,8 +93,8 @@ def create_library_app(
             status="ok",
             images=len(library.images),
             scored=len(service.summaries()),
-            targets=len(predictor.target_names),
-            extras=len(predictor.extra_names),
+            targets=len(service.predictor.target_names),
+            extras=len(service.predictor.extra_names),
             labels=len(library.store.labels()),
         )
 
@@ -180,6 +187,23 @@ def create_library_app(
             answer=None if undone is None else _answer(undone),
             image=None if view is None else _view(service, view),
         )
+
+    @app.get("/api/retrain", response_model=schemas.RetrainStatus, tags=["model"])
+    def retrain_status() -> schemas.RetrainStatus:
+        """Where the page's retrain is: idle, running (stage, epoch of epochs), done or failed."""
+        return schemas.RetrainStatus(**retrainer.status())
+
+    @app.post(
+        "/api/retrain",
+        status_code=202,
+        response_model=schemas.RetrainStatus,
+        responses={**ERRORS, 409: {"model": ErrorBody}},
+        tags=["model"],
+    )
+    def retrain(body: schemas.RetrainRequest) -> schemas.RetrainStatus:
+        """Fine-tune the model on the library's answers in the background; when it is done the library
+        is served by the new model (annotating goes on meanwhile with the old one)."""
+        return schemas.RetrainStatus(**retrainer.start(body.epochs))
 
     @app.get("/api/history", response_model=schemas.History, responses=ERRORS, tags=["answers"])
     def history(id: str, limit: Annotated[int, Query(ge=1, le=10_000)] = 100) -> schemas.History:

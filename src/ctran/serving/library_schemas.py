@@ -147,3 +147,24 @@ class LibraryHealth(BaseModel):
     targets: int
     extras: int
     labels: int
+
+
+class RetrainRequest(BaseModel):
+    """Retrain the library's model on its answers."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: int | None = Field(default=None, ge=1, le=1000, description="default: the checkpoint's recipe")
+
+
+class RetrainStatus(BaseModel):
+    state: Literal["idle", "running", "done", "failed"]
+    stage: str | None = Field(default=None, description="export, train, loading, done or failed")
+    epoch: int | None = None
+    epochs: int | None = None
+    val_map: float | None = Field(default=None, description="the latest epoch's (or the best, when done)")
+    checkpoint: str | None = None
+    new_labels: list[str] | None = None
+    seconds: float | None = None
+    error: str | None = None
+    started: float | None = None

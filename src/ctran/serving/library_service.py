@@ -79,23 +79,42 @@ class LibraryService:
         threshold: float | None = None,
         suggest_method: str = "information",
         suggest_candidates: int | None = 16,
+        checkpoint: str | None = None,
     ) -> None:
         self.library = library
         self.store = library.store
-        self.predictor = predictor
-        self.threshold = predictor.default_threshold if threshold is None else threshold
-        self.cutoffs = predictor.cutoffs(self.threshold)  # (T,) validates a given threshold too
         self.suggest_method, self.suggest_candidates = suggest_method, suggest_candidates
-        self.cache: FeatureCache[Features] = FeatureCache(cache_size)
-        self.store.add_labels(predictor.target_names, "target", trained=True)
-        self.store.add_labels(predictor.extra_names, "extra", trained=True)
+        self.cache: FeatureCache[tuple[Predictor, Features]] = FeatureCache(cache_size)
+        self._threshold = threshold
         self._summaries: dict[str, Summary] = {}
         self._model_lock = threading.Lock()
+        self._set_model(predictor, checkpoint)
         self._summary_lock = threading.Lock()
         self._prefetch: deque[str] = deque(maxlen=8)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+
+    def _set_model(self, predictor: Predictor, checkpoint: str | None) -> None:
+        self.predictor, self.checkpoint = predictor, checkpoint
+        self.threshold = predictor.default_threshold if self._threshold is None else self._threshold
+        self.cutoffs = predictor.cutoffs(self.threshold)  # (T,) validates a given threshold too
+        self.store.add_labels(predictor.target_names, "target", trained=True)
+        self.store.add_labels(predictor.extra_names, "extra", trained=True)
+
+    def use(self, predictor: Predictor, checkpoint: str | None = None) -> None:
+        """Serve with another model (a retrain's): what the old one computed is dropped and the background
+        pass starts over, so every prediction shown from now on is the new model's."""
+        running = self._thread is not None and self._thread.is_alive()
+        if running:
+            self.stop()
+        with self._model_lock:
+            self._set_model(predictor, checkpoint)
+            self.cache.clear()
+            with self._summary_lock:
+                self._summaries.clear()
+        if running:
+            self.start()
 
     # ----------------------------------------------------------------------------------- background
     def start(self) -> None:
@@ -141,47 +160,54 @@ class LibraryService:
             self._set_summary(image, Summary(error=f"{type(err).__name__}: {err}"))
 
     # ------------------------------------------------------------------------------------------ model
-    def features(self, image: str, keep: bool = True) -> Features:
-        """The image's cached features, encoded now when not cached (one backbone pass). With ``keep``
-        False (the background pass) they are cached only while the cache has room, so walking a large
-        library never evicts the images the page is showing."""
-        cached = self.cache.get(image)
-        if cached is not None:
-            return cached
-        path = self.file(image)
-        try:
-            pixels, _, size = self.predictor.read(path)  # (3, S, S), decoded outside the model lock
-        except CTranError as err:
-            raise ApiError(422, f"cannot read the image {image!r}: {err}") from err
-        with self._model_lock:
-            features = self.predictor.encode(pixels[None], names=[image])  # tokens (1, T, D)
-        features.sizes = [size]
-        if keep or len(self.cache) < self.cache.capacity:
-            self.cache.put(image, features)
-        return features
+    def features(self, image: str, keep: bool = True) -> tuple[Predictor, Features]:
+        """The image's cached features and the model that made them, encoded now when not cached (one
+        backbone pass). With ``keep`` False (the background pass) they are cached only while the cache has
+        room, so walking a large library never evicts the images the page is showing. Features are only
+        ever used with the model that made them: one replaced meanwhile (a retrain) means encode again."""
+        while True:
+            predictor = self.predictor
+            cached = self.cache.get(image)
+            if cached is not None and cached[0] is predictor:
+                return cached
+            path = self.file(image)
+            try:
+                pixels, _, size = predictor.read(path)  # (3, S, S), decoded outside the model lock
+            except CTranError as err:
+                raise ApiError(422, f"cannot read the image {image!r}: {err}") from err
+            with self._model_lock:
+                if predictor is not self.predictor:
+                    continue
+                features = predictor.encode(pixels[None], names=[image])  # tokens (1, T, D)
+                features.sizes = [size]
+                if keep or len(self.cache) < self.cache.capacity:
+                    self.cache.put(image, (predictor, features))
+            return predictor, features
 
     def view(self, image: str) -> View:
         """The image's answers, predictions conditioned on them, and what to ask next."""
         return self._condition(image, ask=True)
 
     def _condition(self, image: str, ask: bool, keep: bool = True) -> View:
-        features = self.features(image, keep)
-        targets, extras = set(self.predictor.target_names), set(self.predictor.extra_names)
-        with self._model_lock:
-            known = self.store.state(image)
-            told = {label: value for label, value in known.items() if label in targets}
-            extra = {label: value for label, value in known.items() if label in extras}
-            prediction = self.predictor.condition(features, told, extra, threshold=self.threshold)[0]
-            suggestions = (
-                self.predictor.suggest(
-                    features, told, extra, ASK_COUNT, self.suggest_method, self.suggest_candidates
-                )[0]
-                if ask and prediction.probs
-                else []
-            )
-            summary = summarise(prediction)
-            self._set_summary(image, summary)
-        return View(image, features.sizes[0], known, prediction, suggestions, summary)
+        while True:
+            model, features = self.features(image, keep)
+            with self._model_lock:
+                if model is not self.predictor:  # replaced since: the features are the old model's
+                    continue
+                known = self.store.state(image)
+                told = {label: value for label, value in known.items() if label in set(model.target_names)}
+                extra = {label: value for label, value in known.items() if label in set(model.extra_names)}
+                prediction = model.condition(features, told, extra, threshold=self.threshold)[0]
+                suggestions = (
+                    model.suggest(
+                        features, told, extra, ASK_COUNT, self.suggest_method, self.suggest_candidates
+                    )[0]
+                    if ask and prediction.probs
+                    else []
+                )
+                summary = summarise(prediction)
+                self._set_summary(image, summary)
+            return View(image, features.sizes[0], known, prediction, suggestions, summary)
 
     def _set_summary(self, image: str, summary: Summary) -> None:
         with self._summary_lock:

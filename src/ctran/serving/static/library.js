@@ -466,6 +466,7 @@ function wire() {
   el("accept").addEventListener("click", accept);
   el("undo").addEventListener("click", undo);
   el("add-label").addEventListener("submit", addLabel);
+  el("retrain").addEventListener("click", retrain);
   document.addEventListener("keydown", onKey);
 }
 
@@ -485,6 +486,47 @@ async function addLabel(event) {
   }
 }
 
+// ------------------------------------------------------------------------------------------ retrain
+const RETRAIN_POLL_MS = 2000;
+
+async function retrain() {
+  try {
+    await post("/api/retrain", {});
+  } catch (error) {
+    say(`Could not start a retrain: ${error.message}`, true);
+    return;
+  }
+  el("retrain").disabled = true;
+  watchRetrain();
+}
+
+async function watchRetrain(quiet = false) {
+  let status;
+  try {
+    status = await api("/api/retrain");
+  } catch (error) {
+    say(`Retrain status unavailable: ${error.message}`, true);
+    el("retrain").disabled = false;
+    return;
+  }
+  if (status.state === "running") {
+    const epoch = status.epochs ? ` (epoch ${status.epoch || 0} of ${status.epochs})` : "";
+    say(`Retraining on the answers: ${status.stage}${epoch}; keep annotating.`);
+    setTimeout(watchRetrain, RETRAIN_POLL_MS);
+    return;
+  }
+  el("retrain").disabled = false;
+  if (quiet) return; // the page just opened: an earlier run's outcome is old news
+  if (status.state === "failed") {
+    say(`Retrain failed: ${status.error}`, true);
+  } else if (status.state === "done") {
+    await loadLabels();
+    if (page.view) showView(await api(`/api/image?id=${encodeURIComponent(page.view.id)}`));
+    const learnt = status.new_labels && status.new_labels.length ? `; now predicted: ${status.new_labels.join(", ")}` : "";
+    say(`Retrained in ${Math.round(status.seconds)} s, the new model is in use${learnt}.`);
+  }
+}
+
 async function start() {
   try {
     await loadLabels();
@@ -493,6 +535,7 @@ async function start() {
     return;
   }
   wire();
+  watchRetrain(true); // a retrain started before a reload is followed again
   const listed = await loadList();
   const wanted = new URLSearchParams(location.hash.slice(1)).get("image");
   const first = wanted || (listed && listed.images.length ? listed.images[0].id : null);
