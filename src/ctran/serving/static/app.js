@@ -8,11 +8,6 @@
 "use strict";
 
 const DEBOUNCE_MS = 120;
-const STATES = [
-  { value: "unknown", text: "?", title: "not known" },
-  { value: "yes", text: "Yes", title: "present" },
-  { value: "no", text: "No", title: "absent" },
-];
 
 const page = {
   labels: null, // {targets, extras, thresholds}
@@ -82,29 +77,8 @@ function buildRow(name, kind, index) {
     li.append(note);
   }
 
-  const group = document.createElement("fieldset");
-  group.className = "tri";
-  const legend = document.createElement("legend");
-  legend.textContent = `Is ${name} in the image?`;
-  group.append(legend);
-  const radios = {};
-  for (const state of STATES) {
-    const id = `${kind}-${index}-${state.value}`;
-    const input = document.createElement("input");
-    input.type = "radio";
-    input.name = `${kind}-${index}`;
-    input.id = id;
-    input.value = state.value;
-    input.checked = state.value === "unknown";
-    input.addEventListener("change", () => setState(name, kind, state.value));
-    const label = document.createElement("label");
-    label.htmlFor = id;
-    label.className = state.value;
-    label.textContent = state.text;
-    label.title = `${name}: ${state.title}`;
-    group.append(input, label);
-    radios[state.value] = input;
-  }
+  const { group, radios } = triState(name, `${kind}-${index}`, (value) => setState(name, kind, value));
+  radios.unknown.checked = true;
   li.append(group);
   page.rows.set(name, { li, fill, prob, note, radios, name: button });
   return li;

@@ -10,11 +10,6 @@
 const NAME_KEY = "ctran-annotator";
 const REFRESH_MS = 2000; // how often the list is refreshed while the server is still predicting images
 const RECENT = 50; // images visited lately, not offered again by "least certain first"
-const STATES = [
-  { value: "unknown", text: "?", title: "not known" },
-  { value: "yes", text: "Yes", title: "present" },
-  { value: "no", text: "No", title: "absent" },
-];
 
 const page = {
   labels: [], // [{name, kind, trained, threshold}]
@@ -91,27 +86,9 @@ function buildRow(label, index) {
     li.append(note);
   }
 
-  const group = document.createElement("fieldset");
-  group.className = "tri";
-  const legend = document.createElement("legend");
-  legend.textContent = `Is ${name} in the image?`;
-  group.append(legend);
-  const radios = {};
-  for (const state of STATES) {
-    const input = document.createElement("input");
-    input.type = "radio";
-    input.name = `label-${index}`;
-    input.id = `label-${index}-${state.value}`;
-    input.value = state.value;
-    input.addEventListener("change", () => answer(name, state.value === "unknown" ? null : state.value === "yes"));
-    const text = document.createElement("label");
-    text.htmlFor = input.id;
-    text.className = state.value;
-    text.textContent = state.text;
-    text.title = `${name}: ${state.title}`;
-    group.append(input, text);
-    radios[state.value] = input;
-  }
+  const { group, radios } = triState(name, `label-${index}`, (value) =>
+    answer(name, value === "unknown" ? null : value === "yes"),
+  );
   li.append(group);
   page.rows.set(name, { li, fill, prob, radios });
   return li;
