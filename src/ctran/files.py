@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from collections.abc import Callable
@@ -34,3 +35,17 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     return atomic_write(path, lambda handle: handle.write(data))
+
+
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes (hex), read in chunks."""
+    with Path(path).open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def read_if_exists(path: str | Path) -> bytes | None:
+    """A file's bytes, None when there is no such file (other errors are raised)."""
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        return None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import sys
 from pathlib import Path
@@ -96,6 +95,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 def _run_tag(args: argparse.Namespace) -> int:
     from ctran.cli.predict import expand_paths
+    from ctran.files import file_sha256
     from ctran.inference import load
     from ctran.inference.known import parse_spec
     from ctran.report import write_json
@@ -133,7 +133,7 @@ def _run_tag(args: argparse.Namespace) -> int:
         paths,
         options,
         state,
-        _checkpoint_id(args.checkpoint),
+        file_sha256(args.checkpoint),  # a retrained file at the same path is a new model
         args.jsonl,
         show_progress(args.quiet),
     )
@@ -148,12 +148,3 @@ def _run_tag(args: argparse.Namespace) -> int:
 def _default_state(paths: list[Path]) -> Path:
     """``.ctran`` in the deepest folder holding every image: the same for every run over one library."""
     return Path(os.path.commonpath([str(p.resolve().parent) for p in paths])) / ".ctran"
-
-
-def _checkpoint_id(path: Path) -> str:
-    """The checkpoint's content hash: a retrained file at the same path is a new model."""
-    sha = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            sha.update(block)
-    return sha.hexdigest()

@@ -20,13 +20,13 @@ live from scratch.
 from __future__ import annotations
 
 import difflib
-import hashlib
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from ctran.errors import CTranError
+from ctran.files import file_sha256
 from ctran.normalization import IMAGENET, Normalization
 
 BATCHNORM = ("auto", "frozen", "live", "sync")
@@ -197,12 +197,6 @@ def pretrained_weights(name: str, pretrained: bool, weights_file: str | Path | N
         "hf_hub_id": cfg.hf_hub_id,
         "url": cfg.url or None,
     }
-
-
-def file_sha256(path: str | Path) -> str:
-    """The SHA-256 of a file's bytes (hex), read in chunks."""
-    with Path(path).open("rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def describe_weights(record: dict | None) -> str:

@@ -26,10 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from PIL import Image
 
 from ctran.annotation.library import Library
 from ctran.annotation.store import Answer
+from ctran.data.images import DECODE_ERRORS
 from ctran.data.transforms import load_image
 from ctran.errors import CTranError
 from ctran.inference import Features, Prediction, Predictor, Suggestion
@@ -195,8 +195,9 @@ class LibraryService:
                 if model is not self.predictor:  # replaced since: the features are the old model's
                     continue
                 known = self.store.state(image)
-                told = {label: value for label, value in known.items() if label in set(model.target_names)}
-                extra = {label: value for label, value in known.items() if label in set(model.extra_names)}
+                targets, extras = set(model.target_names), set(model.extra_names)
+                told = {label: value for label, value in known.items() if label in targets}
+                extra = {label: value for label, value in known.items() if label in extras}
                 prediction = model.condition(features, told, extra, threshold=self.threshold)[0]
                 suggestions = (
                     model.suggest(
@@ -286,7 +287,7 @@ class LibraryService:
         path = self.file(image)
         try:
             picture = load_image(path, min_side=PREVIEW_SIDE)
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        except DECODE_ERRORS as err:
             raise ApiError(422, f"cannot read the image {image!r}: {type(err).__name__}: {err}") from err
         picture.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE))
         buffer = io.BytesIO()

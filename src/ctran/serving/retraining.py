@@ -16,6 +16,7 @@ from collections.abc import Callable
 from ctran.annotation.learning import retrain
 from ctran.inference import Predictor
 from ctran.serving.errors import ApiError
+from ctran.serving.library_service import LibraryService
 
 log = logging.getLogger("ctran.annotate")
 
@@ -25,7 +26,7 @@ Loader = Callable[[str], Predictor]  # checkpoint path -> a predictor on the ser
 class Retrainer:
     """One background retrain of a ``LibraryService``'s library; ``status()`` is what the page shows."""
 
-    def __init__(self, service, load: Loader) -> None:
+    def __init__(self, service: LibraryService, load: Loader) -> None:
         self.service, self.load = service, load
         self._lock = threading.Lock()
         self._status: dict = {"state": "idle"}

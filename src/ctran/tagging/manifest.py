@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ctran.files import file_sha256
 from ctran.sqlite import connect, transaction
 
 SCHEMA = """
@@ -43,7 +44,7 @@ def digest(data: bytes | None) -> str | None:
 def file_digest(path: Path) -> str | None:
     """sha256 of a file's bytes, None when it does not exist."""
     try:
-        return digest(path.read_bytes())
+        return file_sha256(path)
     except FileNotFoundError:
         return None
 

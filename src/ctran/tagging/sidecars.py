@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ctran.files import read_if_exists
 from ctran.tagging.captions import Caption, caption_path, parse_caption, with_tags
 from ctran.tagging.xmp import default_sidecar, embedded_keywords, read_keywords, sidecar_paths, with_keywords
 
@@ -49,12 +50,7 @@ def tag_files(
 
     def raw(path: Path) -> bytes | None:
         given = originals.get(str(path), MISSING)
-        if given is not MISSING:
-            return given
-        try:
-            return path.read_bytes()
-        except FileNotFoundError:
-            return None
+        return read_if_exists(path) if given is MISSING else given
 
     files = []
     if "txt" in reads or "txt" in writes:

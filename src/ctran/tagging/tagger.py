@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from ctran.errors import CTranError
-from ctran.files import atomic_write_bytes
+from ctran.files import atomic_write_bytes, read_if_exists
 from ctran.inference.predictor import Predictor
 from ctran.states import UNKNOWN
 from ctran.tagging.captions import caption_path
@@ -287,18 +287,20 @@ class _Step:
                 self._show(result, changes)
                 self._count(result)
             return
+        records = [self._record(r, c) for r, c in plans] if self.manifest is not None else [None] * len(plans)
         if self.manifest is not None:
-            self.manifest.pending(self.fingerprint, [self._record(r, c, before=True) for r, c in plans])
+            self.manifest.pending(self.fingerprint, records)
         kept = []
-        for result, changes in plans:
+        for (result, changes), record in zip(plans, records, strict=True):
             if self._apply(result, changes):
                 self._count(result)
-                kept.append((result, changes))
+                kept.append((result, record))
         if self.lines is not None:
             self.lines.write([r.line() for r, _ in kept])
-        if self.manifest is not None:
-            records = [self._record(r, c, before=False) for r, c in kept]
-            self.manifest.done(self.fingerprint, records, self.lines.path if self.lines else None)
+        if self.manifest is not None:  # the files as the pending records expected them, now written
+            self.manifest.done(
+                self.fingerprint, [r for _, r in kept], self.lines.path if self.lines else None
+            )
 
     def _plan(self, result: _Result) -> dict[Path, tuple[TagFile, bytes]]:
         """Per written file, its new bytes (only files that change)."""
@@ -332,7 +334,7 @@ class _Step:
     def _apply(self, result: _Result, changes: dict[Path, tuple[TagFile, bytes]]) -> bool:
         """Write an image's files atomically; an image whose file changed since it was read is skipped."""
         for path, (file, _) in changes.items():
-            if _current(path) != file.raw and not result.sample.item.originals:
+            if read_if_exists(path) != file.raw and not result.sample.item.originals:
                 self._skip("tag file changed during the run", f"{path}: changed during the run; left as is")
                 return False
         for path, (file, new) in changes.items():
@@ -344,12 +346,13 @@ class _Step:
             self.summary.files_written += 1
         return True
 
-    def _record(self, result: _Result, changes: dict[Path, tuple[TagFile, bytes]], before: bool) -> Record:
+    def _record(self, result: _Result, changes: dict[Path, tuple[TagFile, bytes]]) -> Record:
+        """What the manifest keeps of an image: its files as they will be once ``changes`` are written
+        (hashed from the new bytes, not read back) and the originals of those it changes."""
         image = result.sample.item.image
         files = watched_files(image, self.options)
-        if before:
-            files.update({str(p): digest(new) for p, (_, new) in changes.items()})
-        originals = {str(p): f.raw for p, (f, _) in changes.items()} if before else {}
+        files.update({str(p): digest(new) for p, (_, new) in changes.items()})
+        originals = {str(p): f.raw for p, (f, _) in changes.items()}
         present = {t for f in result.sample.files if f.written for t in f.present}
         earlier = (
             [] if self.options.mode == "replace" else [t for t in result.sample.item.ours if t in present]
@@ -387,13 +390,6 @@ class _Result:
             "unmatched": self.matched.unmatched,
         }
         return json.dumps(record, ensure_ascii=False)
-
-
-def _current(path: Path) -> bytes | None:
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        return None
 
 
 class _Lines:

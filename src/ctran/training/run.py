@@ -24,8 +24,9 @@ from ctran.data.base import LabeledImages
 from ctran.data.partial import PartialAnnotations
 from ctran.data.registry import build_dataset, load_splits
 from ctran.errors import CTranError
+from ctran.files import file_sha256
 from ctran.model import backbone_normalization, build_from_config, resolve_batchnorm
-from ctran.model.backbone import describe_weights, file_sha256, pretrained_weights
+from ctran.model.backbone import describe_weights, pretrained_weights
 from ctran.normalization import Normalization, as_normalization
 from ctran.report import write_json
 from ctran.training.distributed import (
